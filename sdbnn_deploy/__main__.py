@@ -1,0 +1,3 @@
+from sdbnn_deploy.cli import main
+
+main()
