@@ -23,3 +23,14 @@ def reference(x: np.ndarray, shift: np.ndarray) -> np.ndarray:
     shift = shift.reshape(shift.shape + (1, 1))  # (C,1,1) or (N,C,1,1): broadcasts over NCHW
     signs = np.where(x + shift > 0, 1, -1).astype(np.int8)
     return pack_signs(signs.transpose(0, 2, 3, 1))
+
+
+def onnx_function():
+    """The ONNX function body: Add, Greater, Not, then pack (sdbnn_deploy.ops.onnx_body.pack)."""
+    from sdbnn_deploy.ops.onnx_body import Body, channels_last, pack
+
+    b = Body()
+    shift = b.op("Unsqueeze", "shift", b.const(np.array([-2, -1])))  # (C,1,1) or (N,C,1,1)
+    positive = b.op("Greater", b.op("Add", "X", shift), b.const(np.float32(0)))
+    pack(b, channels_last(b, b.op("Not", positive)), out="Y")
+    return b.function("BinarizePack", ["X", "shift"], ["Y"], [])

@@ -16,6 +16,7 @@ original counts is the min of the flipped ones, and so the min of the thresholde
 With bit 1 = -1: max over +-1 is the AND of the bits, min over +-1 is the OR of the bits.
 """
 import numpy as np
+import onnx
 
 
 def reference(x: np.ndarray, min_mask: np.ndarray, *, channels: int, kernel_shape, strides) -> np.ndarray:
@@ -34,3 +35,23 @@ def reference(x: np.ndarray, min_mask: np.ndarray, *, channels: int, kernel_shap
             any_one |= window
     mask = np.asarray(min_mask, dtype=np.uint64)
     return (all_ones & ~mask) | (any_one & mask)
+
+
+def onnx_function():
+    """The ONNX function body: unpack, MaxPool of the +-1 values and of their negation, pick per channel."""
+    from sdbnn_deploy.ops.onnx_body import Body, channels_first, channels_last, pack, per_channel, unpack
+
+    b = Body()
+    c = b.op("Unsqueeze", b.attr_const("channels", "value_int"), b.const(np.array([0])))
+    x = channels_first(b, unpack(b, "X", c))
+    take_min = per_channel(b, b.op("Less", unpack(b, "min_mask", c), b.const(np.float32(0))))
+    pooled = []
+    for v in (x, b.op("Neg", x)):
+        b.op("MaxPool", v)
+        for name in ("kernel_shape", "strides"):
+            b.nodes[-1].attribute.append(onnx.AttributeProto(name=name, ref_attr_name=name,
+                                                             type=onnx.AttributeProto.INTS))
+        pooled.append(b.nodes[-1].output[0])
+    result = b.op("Where", take_min, b.op("Neg", pooled[1]), pooled[0])
+    pack(b, channels_last(b, b.op("Less", result, b.const(np.float32(0)))), out="Y")
+    return b.function("PackedMaxPool2d", ["X", "min_mask"], ["Y"], ["channels", "kernel_shape", "strides"])
