@@ -1,0 +1,42 @@
+"""The Apache TVM side of sdbnn-deploy.
+
+- kernels.py: TE computes of the custom ops (what is computed), tested against the numpy references;
+- schedule_x86.py / schedule_arm.py: how each target computes them (same function names in both);
+- relax_import.py: ONNX -> Relax, with converters for the custom ops that emit the computes.
+
+The importer tags every PrimFunc made from a kernel with OP_ATTR (its ONNX op type) and marks it opaque,
+so that Relax fuses nothing into it; apply_schedules then schedules the tagged PrimFuncs for a target.
+"""
+import importlib
+
+import tvm
+
+OP_ATTR = "sdbnn.op"
+SCHEDULE_MODULES = {"x86": "sdbnn_deploy.tvm.schedule_x86", "arm": "sdbnn_deploy.tvm.schedule_arm"}
+_SCHEDULE_FUNCTIONS = {
+    "BinarizePack": "schedule_binarize_pack",
+    "BinaryConv2d": "schedule_binary_conv2d",
+    "PackedMaxPool2d": "schedule_packed_max_pool2d",
+}
+
+
+def schedule_module(schedule: str):
+    """The schedule module named by TargetSpec.schedule ("x86" or "arm")."""
+    return importlib.import_module(SCHEDULE_MODULES[schedule])
+
+
+def schedule_primfunc(func: tvm.tirx.PrimFunc, schedule: str, params: dict) -> tvm.tirx.PrimFunc:
+    """Schedule one PrimFunc tagged with OP_ATTR by the matching function of the schedule module."""
+    op = str(func.attrs[OP_ATTR])
+    sch = tvm.s_tir.Schedule(func)
+    getattr(schedule_module(schedule), _SCHEDULE_FUNCTIONS[op])(sch, params)
+    return sch.mod["main"]
+
+
+def apply_schedules(mod: tvm.IRModule, schedule: str, params: dict) -> tvm.IRModule:
+    """Return mod with every PrimFunc that carries OP_ATTR scheduled for the target."""
+    mod = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
+    for gvar, func in list(mod.functions.items()):
+        if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None and OP_ATTR in func.attrs:
+            mod[gvar] = schedule_primfunc(func, schedule, params)
+    return mod

@@ -1,0 +1,188 @@
+"""TVM tensor-expression (TE) computes of the sdbnn custom operators, one function per operator.
+
+Each compute implements exactly the rule in the docstring of its sdbnn_deploy.ops module and is tested
+against that module's numpy `reference`. They describe WHAT is computed; the per-target schedules
+(sdbnn_deploy.tvm.schedule_x86, schedule_arm) decide HOW, working on the stages named in BLOCKS.
+
+BinaryConv2d takes its weights as compile-time constants, prepared in numpy by `prepare_conv_weights`:
+- re-laid out as [ceil(Cout/V)][kh][kw][Cw][V] (V = the schedule's `lanes`), so that one input word meets
+  V output channels in one vector; output channels past Cout get zero words (they are never written out);
+- the zero-padding correction: the kernel pads the activation words with 0 (bit 0 = +1), so each padded
+  tap adds the sum of that tap's +-1 weights. `correction[row class][column class][o]` holds that sum over
+  the padded taps of an output position, and y = Cin*kh*kw - 2*popcount - correction. Output rows (and
+  columns) with the same padded taps share a class: see `border_class`.
+Popcounts accumulate in uint64 and are narrowed to int32 once per output (never int16).
+"""
+import numpy as np
+import tvm
+from tvm import te, tirx
+
+from sdbnn_deploy.bits import WORD_BITS, unpack_signs, words_for
+
+# Stage (block) names of each compute, in the order they run; schedules look blocks up by these names.
+BLOCKS = {
+    "BinarizePack": ("binarize_pack",),
+    "BinaryConv2d": ("pad", "popcount", "conv", "output"),
+    "PackedMaxPool2d": ("pool", "output"),
+}
+
+
+def _u64(value):
+    return tirx.const(value, "uint64")
+
+
+def _rounded(product):
+    """A float32 product, rounded before anything is added to it.
+
+    TVM's LLVM backend allows floating-point contraction everywhere, so y * scale + bias would become one
+    fused multiply-add (one rounding), unlike the reference and onnxruntime (two roundings). An LLVM
+    arithmetic fence keeps the two operations apart; it costs nothing at run time.
+    """
+    return tirx.call_llvm_pure_intrin("float32", "llvm.arithmetic.fence", product)
+
+
+def binarize_pack(x: te.Tensor, shift: te.Tensor) -> te.Tensor:
+    """X float32 (N,C,H,W) and shift (C,) or (N,C) -> uint64 (N,H,W,ceil(C/64)); bit 1 iff not X+shift > 0."""
+    n, c, h, w = (int(d) for d in x.shape)
+    per_sample = len(shift.shape) == 2
+    bit = te.reduce_axis((0, WORD_BITS), name="bit")
+
+    def word(i, y, xx, k):
+        ch = k * WORD_BITS + bit
+        s = shift[i, ch] if per_sample else shift[ch]
+        negative = tirx.Not(x[i, ch, y, xx] + s > tirx.const(0, "float32"))
+        # if_then_else, not Select: channels past C must not be read at all.
+        set_bit = tirx.if_then_else(tirx.all(ch < c, negative), _u64(1) << bit.var.astype("uint64"), _u64(0))
+        return te.sum(set_bit, axis=bit)
+
+    return te.compute((n, h, w, words_for(c)), word, name="binarize_pack")
+
+
+def border_bounds(in_size: int, k: int, s: int, p: int):
+    """(out_size, top, bottom_start): output positions < top or >= bottom_start have a tap on the padding."""
+    out = (in_size + 2 * p - k) // s + 1
+    top = min(-(-p // s), out)
+    bottom_start = max(0, min(-(-(in_size + p - k + 1) // s), out))
+    return out, top, bottom_start
+
+
+def border_class(i, top: int, bottom_start: int, minimum=min, maximum=max):
+    """Class of output position i along one axis: positions of one class have the same padded taps.
+
+    min(i, top) + max(i - bottom_start + 1, 0) is non-decreasing in i and flat only across the interior,
+    so every border position gets its own class and all interior positions share one.
+    Works on ints (the defaults), numpy arrays (np.minimum, np.maximum) and TIR (tirx.min, tirx.max).
+    """
+    return minimum(i, top) + maximum(i - bottom_start + 1, 0)
+
+
+def _axis_classes(in_size: int, k: int, s: int, p: int):
+    """Per class along one axis: a (classes, k) bool table, True where tap t falls on the padding."""
+    out, top, bottom_start = border_bounds(in_size, k, s, p)
+    idx = np.arange(out)
+    cls = border_class(idx, top, bottom_start, np.minimum, np.maximum)
+    pos = idx[:, None] * s - p + np.arange(k)[None, :]
+    on_pad = (pos < 0) | (pos >= in_size)
+    table = np.zeros((cls.max() + 1, k), dtype=bool)
+    table[cls] = on_pad
+    assert np.array_equal(table[cls], on_pad), "border classes must not mix different padded taps"
+    return table
+
+
+def prepare_conv_weights(w: np.ndarray, in_channels: int, in_hw, pads, strides, lanes: int):
+    """Packed weights (Cout,kh,kw,Cw) -> (blocked weights [ceil(Cout/V)][kh][kw][Cw][V], correction).
+
+    correction is int32 (row classes, column classes, ceil(Cout/V)*V): the sum of the +-1 weights on the
+    padded taps of an output position (see border_class), 0 for the padded output channels.
+    """
+    w = np.asarray(w, dtype=np.uint64)
+    cout, kh, kw, cw = w.shape
+    blocks = -(-cout // lanes)
+    padded = np.zeros((blocks * lanes, kh, kw, cw), dtype=np.uint64)
+    padded[:cout] = w
+    blocked = np.ascontiguousarray(padded.reshape(blocks, lanes, kh, kw, cw).transpose(0, 2, 3, 4, 1))
+
+    tap_sums = np.zeros((blocks * lanes, kh, kw), dtype=np.int64)
+    tap_sums[:cout] = unpack_signs(w, in_channels).astype(np.int64).sum(axis=-1)
+    rows = _axis_classes(in_hw[0], kh, strides[0], pads[0])
+    cols = _axis_classes(in_hw[1], kw, strides[1], pads[1])
+    on_pad = rows[:, None, :, None] | cols[None, :, None, :]  # (R, C, kh, kw)
+    correction = np.einsum("abij,oij->abo", on_pad.astype(np.int64), tap_sums).astype(np.int32)
+    return blocked, correction
+
+
+def binary_conv2d(x: te.Tensor, weights: te.Tensor, correction: te.Tensor, *extra: te.Tensor,
+                  in_channels: int, out_channels: int, strides, pads, mode: str) -> te.Tensor:
+    """BinaryConv2d on packed words; weights and correction as made by prepare_conv_weights.
+
+    extra: () for mode "int", (scale, bias) for "affine", (thresholds,) for "bits".
+    """
+    n, h, w, cw = (int(d) for d in x.shape)
+    blocks, kh, kw, _, lanes = (int(d) for d in weights.shape)
+    sh, sw = strides
+    ph, pw = pads
+    oh, top_h, bot_h = border_bounds(h, kh, sh, ph)
+    ow, top_w, bot_w = border_bounds(w, kw, sw, pw)
+    taps = in_channels * kh * kw
+
+    def padded(i, y, xx, k):
+        inside = tirx.all(y >= ph, y < h + ph, xx >= pw, xx < w + pw)
+        return tirx.if_then_else(inside, x[i, y - ph, xx - pw, k], _u64(0))
+
+    xp = te.compute((n, h + 2 * ph, w + 2 * pw, cw), padded, name="pad")
+    r = te.reduce_axis((0, kh), name="r")
+    s = te.reduce_axis((0, kw), name="s")
+    k = te.reduce_axis((0, cw), name="k")
+    counts = te.compute(
+        (n, oh, ow, blocks, lanes),
+        lambda i, y, xx, b, v: te.sum(
+            tirx.popcount(xp[i, y * sh + r, xx * sw + s, k] ^ weights[b, r, s, k, v]), axis=[r, s, k]),
+        name="popcount")
+
+    def conv(i, y, xx, b, v):
+        corr = correction[border_class(y, top_h, bot_h, tirx.min, tirx.max),
+                          border_class(xx, top_w, bot_w, tirx.min, tirx.max), b * lanes + v]
+        return taps - 2 * counts[i, y, xx, b, v].astype("int32") - corr
+
+    y_blocked = te.compute((n, oh, ow, blocks, lanes), conv, name="conv")
+
+    def at(i, o, y, xx):
+        return y_blocked[i, y, xx, o // lanes, o % lanes]
+
+    if mode == "int":
+        return te.compute((n, out_channels, oh, ow), at, name="output")
+    if mode == "affine":
+        scale, bias = extra
+        return te.compute((n, out_channels, oh, ow),
+                          lambda i, o, y, xx: _rounded(at(i, o, y, xx).astype("float32") * scale[o]) + bias[o],
+                          name="output")
+    if mode == "bits":
+        (thresholds,) = extra
+        bit = te.reduce_axis((0, WORD_BITS), name="bit")
+
+        def word(i, y, xx, wd):
+            o = wd * WORD_BITS + bit
+            negative = tirx.if_then_else(o < out_channels, at(i, o, y, xx) < thresholds[o], False)
+            return te.sum(tirx.Select(negative, _u64(1) << bit.var.astype("uint64"), _u64(0)), axis=bit)
+
+        return te.compute((n, oh, ow, words_for(out_channels)), word, name="output")
+    raise ValueError(f"BinaryConv2d mode must be 'int', 'affine' or 'bits', not {mode!r}")
+
+
+def packed_max_pool2d(x: te.Tensor, min_mask: te.Tensor, *, kernel_shape, strides) -> te.Tensor:
+    """Max-pool (AND of bits) or, where min_mask has bit 1, min-pool (OR of bits) of packed words.
+
+    With m the mask word: OR(x) = ~AND(~x), so both are m ^ AND(x ^ m) over the window.
+    """
+    n, h, w, cw = (int(d) for d in x.shape)
+    kh, kw = kernel_shape
+    sh, sw = strides
+    oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+    all_and = te.comm_reducer(lambda a, b: a & b, lambda dtype: tirx.bitwise_not(tirx.const(0, dtype)),
+                              name="all_and")
+    r = te.reduce_axis((0, kh), name="r")
+    s = te.reduce_axis((0, kw), name="s")
+    pooled = te.compute((n, oh, ow, cw),
+                        lambda i, y, xx, k: all_and(x[i, y * sh + r, xx * sw + s, k] ^ min_mask[k], axis=[r, s]),
+                        name="pool")
+    return te.compute((n, oh, ow, cw), lambda i, y, xx, k: pooled[i, y, xx, k] ^ min_mask[k], name="output")
