@@ -44,6 +44,7 @@ def make_node(node) -> onnx.NodeProto:
 def to_onnx(g: Graph, metadata=None, extra_outputs=()) -> onnx.ModelProto:
     """Build the ModelProto. `extra_outputs` exposes intermediate values (for per-layer checks)."""
     nodes = [make_node(n) for n in g.nodes]
+    _unique_names(nodes)
     inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", *shape[1:]])
               for name, shape in g.inputs.items()]
     outputs = [helper.make_tensor_value_info(name, _elem_type(g, name), _shape(g, name))
@@ -58,6 +59,20 @@ def to_onnx(g: Graph, metadata=None, extra_outputs=()) -> onnx.ModelProto:
     meta = {"sdbnn_deploy.version": __version__, **(metadata or {})}
     helper.set_model_props(model, {k: str(v) for k, v in meta.items()})
     return model
+
+
+def _unique_names(nodes):
+    """ONNX wants unique node names: "<module path>" for the main node, "<module path>/<Op>[_k]" for the rest."""
+    seen = set()
+    for node in nodes:
+        name, k = node.name or node.op_type, 1
+        if name in seen:
+            name = base = f"{node.name}/{node.op_type}"
+            while name in seen:
+                k += 1
+                name = f"{base}_{k}"
+        seen.add(name)
+        node.name = name
 
 
 def _shape(g, name):

@@ -1,0 +1,93 @@
+"""The proof of a conversion: the exported ONNX, run by stock onnxruntime, against the PyTorch model.
+
+Whole model: identical top-1, relative logit error ||onnx - torch|| / ||torch|| (L2 over the batch).
+Per binary layer (the ONNX also exposes the packed input of every BinaryConv2d):
+- input bits: the deployed signs against torch.sign(x + shift) of the PyTorch layer (torch's 0,
+  possible only where x + shift is exactly 0, counts as a tie, not a mismatch);
+- conv: our BinaryConv2d reference on the deployed bits and packed (possibly flipped) weights against
+  PyTorch's conv2d of the same signs with the layer's own sign(WSD weights): equal bit for bit.
+"""
+import numpy as np
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+
+from sdbnn_deploy.bits import unpack_signs
+from sdbnn_deploy.export_onnx import to_onnx
+from sdbnn_deploy.ops import binary_conv2d
+
+
+def ort_session(model_proto, threads=1):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model_proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def logit_figures(reference: np.ndarray, other: np.ndarray) -> dict:
+    ref, oth = np.asarray(reference, np.float64), np.asarray(other, np.float64)
+    return {"top1_agreement": float(np.mean(ref.argmax(1) == oth.argmax(1))),
+            "relative_logit_error": float(np.linalg.norm(oth - ref) / max(np.linalg.norm(ref), 1e-30)),
+            "max_abs_logit_diff": float(np.max(np.abs(oth - ref))),
+            "mean_abs_logit_diff": float(np.mean(np.abs(oth - ref)))}
+
+
+def check_conversion(model, g, model_proto, probe, max_error=1e-4) -> dict:
+    convs = g.nodes_of("BinaryConv2d")
+    captured = _capture_binary_layers(model, [c.name for c in convs], probe)
+    logits_torch = captured.pop("__logits__")
+    debug = to_onnx(g, extra_outputs=[c.inputs[0] for c in convs])
+    outs = ort_session(debug).run(None, {"input": probe})
+    figures = logit_figures(logits_torch, outs[0])
+    layers = [_check_layer(c, g, captured[c.name], bits) for c, bits in zip(convs, outs[len(g.outputs):])]
+    failure = None
+    if figures["top1_agreement"] < 1.0:
+        failure = f"top-1 differs on {1 - figures['top1_agreement']:.1%} of the probe batch"
+    elif figures["relative_logit_error"] > max_error:
+        failure = f"relative logit error {figures['relative_logit_error']:.2e} > {max_error:.0e}"
+    elif any(r["conv_mismatches"] for r in layers):
+        bad = next(r for r in layers if r["conv_mismatches"])
+        failure = f"binary layer {bad['name']} differs from PyTorch in {bad['conv_mismatches']} outputs"
+    return {"probe_batch": int(len(probe)), **figures, "max_relative_logit_error": max_error,
+            "binary_layers_exact": all(r["conv_mismatches"] == 0 for r in layers),
+            "input_bit_mismatches": int(sum(r["input_bit_mismatches"] for r in layers)),
+            "passed": failure is None, "failure": failure, "layers": layers}
+
+
+def _capture_binary_layers(model, names, probe):
+    """Run the PyTorch model once; keep each binary layer's input, signs and conv output."""
+    captured, hooks = {}, []
+    for name in names:
+        m = model.get_submodule(name)
+
+        def hook(m, inputs, output, name=name):
+            x = inputs[0]
+            captured[name] = {"signs": torch.sign(x + m.shift(x)), "weight_signs": torch.sign(m.shifted_weight()),
+                              "y": output, "module": m}
+        hooks.append(m.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            captured["__logits__"] = model(torch.from_numpy(probe)).numpy()
+    finally:
+        for h in hooks:
+            h.remove()
+    return captured
+
+
+def _check_layer(conv, g, torch_side, packed_input):
+    cin = conv.attrs["in_channels"]
+    deployed = unpack_signs(packed_input, cin).transpose(0, 3, 1, 2)
+    torch_signs = torch_side["signs"].numpy()
+    ties = int(np.sum(torch_signs == 0))
+    m = torch_side["module"]
+    with torch.no_grad():
+        y_torch = F.conv2d(torch.from_numpy(deployed.astype(np.float32)), torch_side["weight_signs"],
+                           None, m.stride, m.padding).numpy()
+    a = conv.attrs
+    y_ours = binary_conv2d.reference(packed_input, g.consts[conv.inputs[1]], in_channels=cin,
+                                     strides=a["strides"], pads=a["pads"], mode="int")
+    flipped = np.asarray(a.get("_flipped", np.zeros(y_ours.shape[1], bool)))
+    y_ours = np.where(flipped[None, :, None, None], -y_ours, y_ours)
+    return {"name": conv.name, "input_bit_mismatches": int(np.sum((deployed != torch_signs) & (torch_signs != 0))),
+            "input_ties": ties, "conv_mismatches": int(np.sum(y_ours != y_torch)),
+            "conv_outputs": int(y_ours.size)}
