@@ -23,6 +23,48 @@ def main():
     """Deploy Self-Distribution Binary Neural Networks: PyTorch -> ONNX -> TVM, checked against PyTorch."""
 
 
+def _shape_option(text):
+    """'N,C,H,W' or 'C,H,W' -> (C, H, W)."""
+    if text is None:
+        return None
+    try:
+        dims = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"--input-shape {text!r}: expected N,C,H,W or C,H,W integers") from None
+    if len(dims) not in (3, 4) or min(dims) < 1:
+        raise UserError(f"--input-shape {text!r}: expected N,C,H,W or C,H,W positive integers")
+    return dims[-3:]
+
+
+@main.command("convert")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="ONNX file to write.")
+@click.option("--arch", help="Architecture (resnet20, resnet18, vgg_small, bireal18); inferred if left out.")
+@click.option("--input-shape", help="N,C,H,W or C,H,W of one input; default from the checkpoint or architecture.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the report as JSON.")
+@click.option("--probe-batch", default=8, show_default=True, help="Random inputs the conversion is proved on.")
+@click.option("--trust-pickle", is_flag=True, help="Allow a checkpoint that runs code when loaded (a pickled module).")
+def convert_command(model, output, arch, input_shape, report_path, probe_batch, trust_pickle):
+    """Fold ASD+BN into thresholds and WSD into packed bits; export ONNX proved against PyTorch."""
+    from sdbnn_deploy.convert import convert
+    from sdbnn_deploy.report import console, print_conversion, write_json
+
+    with console.status("converting") as status:
+        result = convert(model, output=None, arch=arch, input_shape=_shape_option(input_shape),
+                         trust_pickle=trust_pickle, probe_batch=probe_batch,
+                         progress=lambda step: status.update(f"converting: {step}"))
+    print_conversion(result.report)
+    if not result.report["check"]["passed"]:
+        raise UserError(f"conversion check failed: {result.report['check']['failure']}; {output} not written")
+    from sdbnn_deploy.convert import write_atomically
+
+    write_atomically(output, result.onnx_model.SerializeToString())
+    result.report["output"] = output
+    if report_path:
+        write_json(report_path, result.report)
+    console.print(f"wrote {output}" + (f" and {report_path}" if report_path else ""))
+
+
 @main.command("targets")
 def targets_command():
     """List the compilation targets (targets/*.toml) and the aliases."""

@@ -1,0 +1,28 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random BN statistics with negative and exactly-zero gammas, random WSD alphas and ASD betas."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                c = m.num_features
+                m.weight.copy_(torch.randn(c, generator=g))
+                m.weight[::5] *= -1
+                m.weight[::7] = 0
+                m.bias.copy_(torch.randn(c, generator=g) * 0.5)
+                m.running_mean.copy_(torch.randn(c, generator=g) * 3)
+                m.running_var.copy_(torch.rand(c, generator=g) * 5 + 0.1)
+        for name, p in model.named_parameters():
+            if name.endswith(("alpha", "beta")):
+                p.copy_(torch.randn(p.shape, generator=g) * 2)
+    return model.eval()
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
