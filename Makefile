@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml scripts/setup-system.sh
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m sdbnn_deploy.aarch64 fetch
 	touch $@
 
 clean:
