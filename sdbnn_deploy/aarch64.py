@@ -190,21 +190,20 @@ def run_library(library: Path, inputs: list[np.ndarray], threads: int | None = N
 
 
 def run_under_qemu(artifact_dir, inputs: dict[str, np.ndarray], threads: int | None = None) -> list[np.ndarray]:
-    """Runs an aarch64 artifact (a folder with one .so, or the .so itself) on named inputs. With a
-    manifest.json that lists "inputs" (each with a "name"), the inputs are passed in that order;
-    otherwise in the dict's order."""
+    """Runs an aarch64 artifact (a folder, or the .so itself) on named inputs. A manifest.json in the
+    folder gives the library ("library") and the input order ("inputs", each with a "name");
+    without one, the folder's one .so and the dict's order."""
     artifact = Path(artifact_dir)
-    library = artifact if artifact.is_file() else _find_library(artifact)
-    arrays = list(inputs.values())
-    manifest = artifact / "manifest.json" if artifact.is_dir() else None
-    if manifest is not None and manifest.is_file():
-        names = [i["name"] for i in json.loads(manifest.read_text()).get("inputs", [])]
-        if names:
-            missing = sorted(set(names) - set(inputs))
-            if missing:
-                raise UserError(f"{artifact}: no value for input(s) {', '.join(missing)}")
-            arrays = [inputs[n] for n in names]
-    return run_library(library, arrays, threads)
+    if artifact.is_file():
+        return run_library(artifact, list(inputs.values()), threads)
+    manifest_path = artifact / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    library = artifact / manifest["library"] if "library" in manifest else _find_library(artifact)
+    names = [i["name"] for i in manifest.get("inputs", [])] or list(inputs)
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise UserError(f"{artifact}: no value for input(s) {', '.join(missing)}")
+    return run_library(library, [inputs[n] for n in names], threads)
 
 
 def _find_library(artifact: Path) -> Path:

@@ -154,7 +154,7 @@ def test_run_under_qemu_takes_inputs_in_manifest_order(tmp_path):
     artifact.mkdir()
     _build(_relax_module("BinarizePack", kernels.binarize_pack, [x, shift], [])).export_library(
         str(artifact / "model.so"), fcompile=tvm.support.cc.cross_compiler(RPI4.cross_compiler))
-    (artifact / "manifest.json").write_text(json.dumps({"inputs": [{"name": "X"}, {"name": "shift"}]}))
+    (artifact / "manifest.json").write_text(json.dumps({"library": "model.so", "inputs": [{"name": "X"}, {"name": "shift"}]}))
     (got,) = aarch64.run_under_qemu(artifact, {"shift": shift, "X": x})  # dict order differs on purpose
     np.testing.assert_array_equal(got, binarize_pack.reference(x, shift))
     with pytest.raises(UserError, match="shift"):
