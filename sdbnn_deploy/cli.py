@@ -79,3 +79,60 @@ def targets_command():
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     for name, resolved in aliases().items():
         click.echo(f"{name} -> {resolved}" + ("  (this host's best)" if name == "x86" else ""))
+
+
+@main.command("compile")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--target", "-t", default="x86", show_default=True, help="Target name (see `sdbnn-deploy targets`).")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Artifact folder to write.")
+@click.option("--threads", type=int, help="Worker threads the artifact uses; default: the target's.")
+@click.option("--batch", default=1, show_default=True, help="Batch size the artifact is compiled for.")
+def compile_command(model, target, output, threads, batch):
+    """Compile an ONNX from `convert` with TVM into an artifact folder (library + manifest.json)."""
+    from sdbnn_deploy.compile import compile_model
+
+    artifact = compile_model(model, target, output, threads=threads, batch=batch)
+    m = artifact.manifest
+    click.echo(f"compiled {model} for {m['target']['name']} ({m['arch']}, {m['threads']} threads) -> "
+               f"{artifact.library} + {artifact.path / 'manifest.json'}")
+
+
+def _input_option(values):
+    """['x.npy'] or ['name=x.npy', ...] -> an array or {name: array}."""
+    import numpy as np
+
+    def load(path):
+        try:
+            return np.load(path)
+        except (OSError, ValueError) as e:
+            raise UserError(f"--input {path}: cannot read a .npy file ({e})") from None
+
+    if len(values) == 1 and "=" not in values[0]:
+        return load(values[0])
+    pairs = [v.split("=", 1) for v in values]
+    if any(len(p) != 2 for p in pairs):
+        raise UserError("--input: give FILE.npy for a one-input model, else NAME=FILE.npy for each input")
+    return {name: load(path) for name, path in pairs}
+
+
+@main.command("run")
+@click.argument("artifact", type=click.Path(file_okay=False))
+@click.option("--input", "-i", "inputs", multiple=True, required=True, help="FILE.npy, or NAME=FILE.npy per input.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Write the outputs: .npy holds the first output, .npz all of them by name.")
+@click.option("--threads", type=int, help="Worker threads; default: the artifact's.")
+def run_command(artifact, inputs, output, threads):
+    """Run a compiled artifact on .npy inputs (an aarch64 artifact runs under qemu on x86)."""
+    import numpy as np
+
+    from sdbnn_deploy.run import run_artifact
+
+    outputs = run_artifact(artifact, _input_option(inputs), threads=threads)
+    for name, value in outputs.items():
+        click.echo(f"{name}: {value.dtype}{list(value.shape)}")
+    if output and output.endswith(".npz"):
+        np.savez(output, **outputs)
+    elif output:
+        np.save(output, next(iter(outputs.values())))
+    if output:
+        click.echo(f"wrote {output}")

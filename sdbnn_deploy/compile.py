@@ -1,0 +1,130 @@
+"""compile: ONNX from `convert` -> a deployable artifact folder for one target.
+
+OUT_DIR/model.so        the Relax VM executable (export_library; cross-compiled for aarch64 targets)
+OUT_DIR/manifest.json   what it is: target, arch, inputs and outputs (names, shapes, dtypes), TVM version,
+                        sha256 of the source ONNX, build options, sdbnn-deploy version
+
+Steps: import the ONNX into Relax (our ops become TE kernels, sdbnn_deploy.tvm.relax_import), schedule those
+kernels for the target (sdbnn_deploy.tvm.apply_schedules), build with tvm.compile, export. The folder is
+built next to OUT_DIR and renamed into place, so OUT_DIR is never half-written.
+A Raspberry Pi runs the artifact with the aarch64 apache-tvm wheel (`pip install apache-tvm==<tvm_version>`
+on 64-bit Raspberry Pi OS): tvm.runtime.load_module("model.so") and tvm.relax.VirtualMachine.
+"""
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import tvm
+
+from sdbnn_deploy import __version__
+from sdbnn_deploy.errors import UserError
+from sdbnn_deploy.targets import TargetSpec, get_target
+from sdbnn_deploy.tvm import apply_schedules, schedule_module
+from sdbnn_deploy.tvm.relax_import import import_onnx
+
+LIBRARY = "model.so"
+MANIFEST = "manifest.json"
+FORMAT = "sdbnn-deploy-artifact/1"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path  # OUT_DIR
+    manifest: dict
+
+    @property
+    def library(self) -> Path:
+        return self.path / self.manifest["library"]
+
+
+def compile_model(onnx_path, target: str, out_dir, threads: int | None = None, batch: int = 1) -> Artifact:
+    """Compile a converted ONNX model for `target` (a name of sdbnn_deploy.targets) into OUT_DIR."""
+    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+    spec = get_target(target)
+    if batch < 1 or (threads is not None and threads < 1):
+        raise UserError("--batch and --threads must be positive")
+    _check_out_dir(out_dir)
+    model = _load(onnx_path)
+    lanes = schedule_module(spec.schedule).conv_lanes(spec.params)
+    mod = import_onnx(model, lanes=lanes, batch=batch, source=str(onnx_path))
+    mod = apply_schedules(mod, spec.schedule, spec.params)
+    executable = tvm.compile(mod, target=tvm.target.Target(spec.tvm_target))
+    manifest = _manifest(model, mod, spec, target, onnx_path, threads or spec.threads, batch, lanes)
+    _write_artifact(out_dir, executable, manifest, spec)
+    return Artifact(out_dir, manifest)
+
+
+def _load(onnx_path: Path) -> onnx.ModelProto:
+    if not onnx_path.is_file():
+        raise UserError(f"{onnx_path}: no such file")
+    try:
+        return onnx.load(str(onnx_path))
+    except Exception as e:  # protobuf raises several types on a file that is not ONNX
+        raise UserError(f"{onnx_path}: not an ONNX model ({type(e).__name__})") from None
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """OUT_DIR may be new, empty, or an earlier artifact (replaced); never some other folder or a file."""
+    if out_dir.exists() and not (out_dir.is_dir() and (not any(out_dir.iterdir())
+                                                        or (out_dir / MANIFEST).is_file())):
+        raise UserError(f"{out_dir}: exists and is not an sdbnn-deploy artifact; refusing to replace it")
+
+
+def _tensors(names, types) -> list:
+    return [{"name": n, "shape": [int(d) for d in t.shape], "dtype": str(t.dtype)} for n, t in zip(names, types)]
+
+
+def _manifest(model, mod, spec: TargetSpec, requested: str, onnx_path: Path, threads: int, batch: int,
+              lanes: int) -> dict:
+    main = mod["main"]
+    initializers = {t.name for t in model.graph.initializer}
+    input_names = [v.name for v in model.graph.input if v.name not in initializers]
+    ret = main.ret_ty
+    output_types = list(ret.fields) if isinstance(ret, tvm.relax.TupleType) else [ret]
+    return {
+        "format": FORMAT,
+        "library": LIBRARY,
+        "target": {"name": spec.name, "requested": requested, "description": spec.description,
+                   "tvm_target": spec.tvm_target, "schedule": spec.schedule, "params": spec.params,
+                   "cross_compiler": spec.cross_compiler, "rpc_key": spec.rpc_key},
+        "arch": spec.arch,
+        "threads": threads,
+        "inputs": _tensors(input_names, [p.ty for p in main.params]),
+        "outputs": _tensors([v.name for v in model.graph.output], output_types),
+        "source": {"path": str(onnx_path), "sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest()},
+        "build": {"batch": batch, "threads": threads, "conv_lanes": lanes},
+        "tvm_version": tvm.__version__,
+        "sdbnn_deploy_version": __version__,
+    }
+
+
+def _export(executable, path: Path, spec: TargetSpec) -> None:
+    if spec.arch == "aarch64":
+        from sdbnn_deploy.aarch64 import cross_compiler  # names the Debian package when it is missing
+
+        executable.export_library(str(path), fcompile=tvm.support.cc.cross_compiler(cross_compiler()))
+    else:
+        executable.export_library(str(path))
+
+
+def _write_artifact(out_dir: Path, executable, manifest: dict, spec: TargetSpec) -> None:
+    """Build the folder beside OUT_DIR, then swap it in with renames: OUT_DIR is old or new, never partial."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        _export(executable, tmp / LIBRARY, spec)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            out_dir.rename(old / "artifact")
+            tmp.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
