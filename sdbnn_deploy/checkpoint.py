@@ -60,7 +60,10 @@ def load_checkpoint(path, arch=None, trust_pickle=False) -> LoadedModel:
     path = Path(path)
     if arch is not None and arch not in ARCHITECTURES:
         raise UserError(f"--arch {arch!r} is not one of {', '.join(ARCHITECTURES)}")
-    state, source_format, info = _unwrap(_read(path, trust_pickle), path)
+    obj = _read(path, trust_pickle)
+    if isinstance(obj, nn.Module):
+        return _whole_module(obj, path, arch)
+    state, source_format, info = _unwrap(obj, path)
     state = {_strip_prefix(k): v for k, v in state.items()}
     state, flat_keys = _from_imagenet_layout(state)
     if flat_keys:
@@ -145,6 +148,25 @@ def _read(path, trust_pickle):
 
 def _first_line(e):
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def _whole_module(model, path, arch):
+    """A whole pickled module (loaded only with trust_pickle) is converted as it is, layer by layer."""
+    state = model.state_dict()
+    _check_finite(state, path)
+    if arch is None:
+        try:
+            arch = infer_arch(state, path)
+        except UserError:
+            arch = None  # a model of the user's own: its layers are checked when it is traced
+    forms = {getattr(m, "asd", None) for m in model.modules()} - {None}
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    in_channels = convs[0].in_channels if convs else 3
+    heads = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    num_classes = heads[-1].out_features if heads else 0
+    input_shape = (in_channels,) + DEFAULT_INPUT_SHAPE[arch][1:] if arch else None
+    return LoadedModel(model.eval(), arch, ",".join(sorted(forms)) or "none", num_classes, in_channels,
+                       input_shape, PICKLED, {})
 
 
 def _unwrap(obj, path):

@@ -48,6 +48,8 @@ def convert(model_or_path, output=None, arch=None, input_shape=None, trust_pickl
     step = progress or (lambda msg: None)
     step("load")
     model, info = _load(model_or_path, arch, trust_pickle)
+    if not (input_shape or info["input_shape"]):
+        raise UserError("the input shape of this model is unknown: give --input-shape C,H,W")
     shape = tuple(input_shape or info["input_shape"])
     if len(shape) != 3:
         raise UserError(f"--input-shape must be C,H,W (or N,C,H,W), not {','.join(map(str, shape))}")

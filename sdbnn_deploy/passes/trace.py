@@ -37,7 +37,7 @@ def trace(model: nn.Module, input_shape) -> Graph:
     try:
         fx_graph = _Tracer().trace(model)
     except Exception as e:  # torch.fx could not follow the forward
-        raise UserError(f"cannot trace the model's forward with torch.fx: {e}") from None
+        raise UserError(f"cannot trace the model's forward with torch.fx: {_first_line(e)}") from None
     gm = fx.GraphModule(model, fx_graph)
     example = torch.zeros((TRACE_BATCH,) + tuple(input_shape))
     values = _run(gm, example, input_shape)
@@ -58,8 +58,13 @@ def _run(gm, example, input_shape):
             Recorder(gm).run(example)
     except Exception as e:
         shape = "x".join(str(d) for d in input_shape)
-        raise UserError(f"the model cannot take inputs of shape {shape} (C,H,W): {e}") from None
+        raise UserError(f"the model cannot take inputs of shape {shape} (C,H,W): {_first_line(e)}") from None
     return values
+
+
+def _first_line(e):
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
 
 
 class _Builder:
