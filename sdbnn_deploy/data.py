@@ -108,12 +108,12 @@ def load_dataset(spec: str, input_shape, mean: float = 0.0, std: float = 1.0) ->
     if spec == "digits":
         return _load_digits(shape)
     path = Path(spec)
+    if not path.exists():
+        raise UserError(f"--data {spec}: no such file or folder (expected digits, FILE.npz or FOLDER)")
     if path.is_dir():
         return _load_folder(path, shape, mean, std)
     if path.suffix == ".npz":
         return _load_npz(path, shape)
-    if not path.exists():
-        raise UserError(f"--data {spec}: no such file or folder (expected digits, FILE.npz or FOLDER)")
     raise UserError(f"--data {spec}: not a .npz file or a folder (expected digits, FILE.npz or FOLDER)")
 
 
