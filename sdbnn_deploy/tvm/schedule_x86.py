@@ -87,12 +87,32 @@ def schedule_binary_conv2d(sch: s_tir.Schedule, params) -> None:
     sch.reverse_compute_at(conv, bo)
     sch.decompose_reduction(counts, r)
     _vectorize_innermost(sch, conv, _extent(sch, v))
+    _schedule_conv_output(sch, out)
 
-    _parallel_rows(sch, out)
+
+def _schedule_conv_output(sch: s_tir.Schedule, out) -> None:
+    """int/affine (NCHW): channel rows in parallel, the width vectorised. bits: rows in parallel, the 64
+    comparisons of a word unrolled (LLVM turns them into vector compares)."""
+    loops = sch.get_loops(out)
+    if len(loops) == 5:  # n, oh, ow, word, bit
+        _parallel_rows(sch, out)
+        sch.unroll(loops[-1])
+    else:  # n, o, oh, ow
+        _parallel_rows(sch, out)
+        sch.vectorize(loops[-1])
 
 
 def schedule_binarize_pack(sch: s_tir.Schedule, params) -> None:
-    _parallel_rows(sch, sch.get_sblock("binarize_pack"))
+    """Per row and word: 64 contiguous NCHW channel rows, each compared and OR-ed into a local row of
+    words (vectorised along the width), then stored once."""
+    block = sch.get_sblock("binarize_pack")
+    n, h, w, k, bit = sch.get_loops(block)
+    sch.reorder(n, h, k, bit, w)
+    sch.parallel(sch.fuse(n, h))
+    store = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(store, k)
+    sch.vectorize(w)
+    sch.decompose_reduction(block, bit)
 
 
 def schedule_packed_max_pool2d(sch: s_tir.Schedule, params) -> None:
