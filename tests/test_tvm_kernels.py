@@ -111,6 +111,14 @@ def test_binary_conv2d_narrower_vectors(case, target):
     check_conv(case, target, seed=1)
 
 
+def test_x86_targets_params_reach_the_schedule():
+    """The targets' [params] tables use the names schedule_x86 reads (an unknown name is an error)."""
+    x86 = schedule_module("x86")
+    assert [x86.conv_lanes(get_target(t).params) for t in ("x86-avx512", "x86-avx2", "x86-generic")] == [8, 4, 2]
+    with pytest.raises(ValueError, match="unknown schedule parameters"):
+        x86.conv_lanes({"vector_words": 4})
+
+
 def test_affine_output_is_two_float32_roundings_not_a_fused_multiply_add():
     """y * scale + bias rounds twice, as the reference and onnxruntime do; an FMA differs in the last bit."""
     case = (130, 70, 5, 2, 2, 9, 11, "affine", 1)

@@ -13,7 +13,7 @@ sdbnn_deploy.tvm.apply_schedules with `params`, the TargetSpec.params dict of th
 Each schedule_* takes a Schedule of one PrimFunc made from the matching compute of kernels.py (block
 names in kernels.BLOCKS) and schedules it in place. They only reorder work: results are bit-identical.
 
-Params read here (defaults in DEFAULTS): vector_words (V: 8 uint64 = one zmm, 4 = one ymm), accumulators (the
+Params read here (defaults in DEFAULTS): lanes (V: 8 uint64 = one zmm, 4 = one ymm), accumulators (the
 register tile, output pixels x weight blocks; 16 zmm accumulators measured best on AVX-512).
 
 The conv, as measured (tvm-notes.md, "What made a binary conv fast"): padded NHWC input words; a
@@ -23,15 +23,19 @@ weight lanes; popcounts accumulate in uint64 lanes and are narrowed to int32 onc
 """
 from tvm import s_tir
 
-DEFAULTS = {"vector_words": 8, "accumulators": 16}
+DEFAULTS = {"lanes": 8, "accumulators": 16}
 
 
 def _param(params, name):
+    """params[name], else its default; a name this module does not know is an error, not ignored."""
+    unknown = sorted(set(params or {}) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"schedule_x86: unknown schedule parameters {unknown}; known: {sorted(DEFAULTS)}")
     return (params or {}).get(name, DEFAULTS[name])
 
 
 def conv_lanes(params) -> int:
-    return int(_param(params, "vector_words"))
+    return int(_param(params, "lanes"))
 
 
 def _extent(sch: s_tir.Schedule, loop) -> int:
