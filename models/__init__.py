@@ -12,7 +12,7 @@ import copy
 
 import torch.nn as nn
 
-from .bireal18 import bireal18
+from .bireal18 import bireal18, bireal18_32w1a
 from .layers import ASD_FORMS, BinaryQuantize, IRConv2d, SELayer
 from .resnet18 import resnet18
 from .resnet20 import resnet20
@@ -23,6 +23,7 @@ ARCHITECTURES = {
     "resnet18": resnet18,
     "vgg_small": vgg_small,
     "bireal18": bireal18,
+    "bireal18_32w1a": bireal18_32w1a,
 }
 
 DEFAULT_INPUT_SHAPE = {
@@ -30,9 +31,10 @@ DEFAULT_INPUT_SHAPE = {
     "resnet18": (3, 32, 32),
     "vgg_small": (3, 32, 32),
     "bireal18": (3, 224, 224),
+    "bireal18_32w1a": (3, 224, 224),
 }
 
-DEFAULT_NUM_CLASSES = {"resnet20": 10, "resnet18": 10, "vgg_small": 10, "bireal18": 1000}
+DEFAULT_NUM_CLASSES = {"resnet20": 10, "resnet18": 10, "vgg_small": 10, "bireal18": 1000, "bireal18_32w1a": 1000}
 
 
 def build(arch, asd="static", num_classes=None, in_channels=3, reduction=None):

@@ -20,9 +20,10 @@ from .layers import IRConv2d
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, in_planes, planes, stride, asd, reduction):
+    def __init__(self, in_planes, planes, stride, asd, reduction, binary_weights=True):
         super().__init__()
-        self.binary_conv = IRConv2d(in_planes, planes, 3, stride=stride, padding=1, asd=asd, reduction=reduction)
+        self.binary_conv = IRConv2d(in_planes, planes, 3, stride=stride, padding=1, asd=asd, reduction=reduction,
+                                    binary_weights=binary_weights)
         self.bn1 = nn.BatchNorm2d(planes)
         self.prelu = nn.PReLU(planes)
         if stride != 1 or in_planes != planes:
@@ -39,7 +40,7 @@ class BasicBlock(nn.Module):
 
 
 class BiReal18(nn.Module):
-    def __init__(self, asd="static", num_classes=1000, in_channels=3, reduction=8):
+    def __init__(self, asd="static", num_classes=1000, in_channels=3, reduction=8, binary_weights=True):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -48,7 +49,7 @@ class BiReal18(nn.Module):
         for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
             blocks = []
             for s in (stride, 1, 1, 1):
-                blocks.append(BasicBlock(in_planes, planes, s, asd, reduction))
+                blocks.append(BasicBlock(in_planes, planes, s, asd, reduction, binary_weights))
                 in_planes = planes
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
@@ -64,3 +65,12 @@ class BiReal18(nn.Module):
 def bireal18(asd="static", num_classes=1000, in_channels=3, reduction=8):
     """SD-BNN Bi-Real ResNet-18 for 224x224 ImageNet inputs."""
     return BiReal18(asd, num_classes, in_channels, reduction)
+
+
+def bireal18_32w1a(asd="static", num_classes=1000, in_channels=3, reduction=8):
+    """The released "32/1" ImageNet model: the first training stage, float weights, binary activations.
+
+    Its state dict looks like the 1/1 model's (the WSD alpha is there, unused), so the loader cannot
+    tell them apart: name it with --arch bireal18_32w1a.
+    """
+    return BiReal18(asd, num_classes, in_channels, reduction, binary_weights=False)

@@ -69,13 +69,14 @@ class IRConv2d(nn.Conv2d):
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=False,
-                 asd="dynamic", reduction=16):
+                 asd="dynamic", reduction=16, binary_weights=True):
         if asd not in ASD_FORMS:
             raise ValueError(f"asd must be one of {ASD_FORMS}, not {asd!r}")
         if bias:
             raise ValueError("IRConv2d has no bias in SD-BNN")
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=False)
         self.asd = asd
+        self.binary_weights = binary_weights  # False: the "32/1" variant, float weights on binary inputs
         self.k = 10.0
         self.t = 0.1
         self.alpha = nn.Parameter(torch.zeros(out_channels))
@@ -104,12 +105,12 @@ class IRConv2d(nn.Conv2d):
 
     def forward(self, x):
         a = x + self.shift(x)
-        bw = self.binarize(self.shifted_weight())
+        bw = self.binarize(self.shifted_weight()) if self.binary_weights else self.weight
         ba = self.binarize(a)
         return F.conv2d(ba, bw, None, self.stride, self.padding)
 
     def extra_repr(self):
-        return super().extra_repr() + f", asd={self.asd}"
+        return super().extra_repr() + f", asd={self.asd}" + ("" if self.binary_weights else ", float weights")
 
 
 class ShortcutA(nn.Module):

@@ -36,9 +36,9 @@ IMAGENET_SUFFIX = "/imagenet-layout"
 
 # first full-precision conv and last linear layer of each architecture
 STEM_KEY = {"resnet20": "conv1.weight", "resnet18": "conv1.weight", "vgg_small": "conv0.weight",
-            "bireal18": "conv1.weight"}
+            "bireal18": "conv1.weight", "bireal18_32w1a": "conv1.weight"}
 HEAD_KEY = {"resnet20": "linear.weight", "resnet18": "linear.weight", "vgg_small": "fc.weight",
-            "bireal18": "fc.weight"}
+            "bireal18": "fc.weight", "bireal18_32w1a": "fc.weight"}
 
 
 @dataclass

@@ -135,6 +135,7 @@ def conversion_report(model, g, model_proto, info, shape, check) -> dict:
         "tool": "sdbnn-deploy", "version": __version__, "arch": info["arch"], "asd": info["asd"],
         "source": info["source"], "source_sha256": info["sha256"], "input_shape": list(shape),
         "layers": layers,
+        "warnings": list(g.meta.get("warnings", [])),
         "totals": {"binary_layers": sum(r["kind"] == "binary" for r in layers),
                    "float_layers": sum(r["kind"] == "float" for r in layers),
                    "fp32_parameter_bytes": torch_bytes, "deployed_constant_bytes": onnx_bytes,

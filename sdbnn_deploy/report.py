@@ -11,7 +11,7 @@ def table(title, columns, rows):
     """Print rows (lists of values) under column names."""
     t = Table(title=title, title_justify="left")
     for c in columns:
-        t.add_column(c, justify="left" if c in ("layer", "name", "kind", "fold", "op", "figure") else "right")
+        t.add_column(c, justify="left" if c in ("layer", "name", "kind", "fold", "op", "figure", "model") else "right")
     for r in rows:
         t.add_row(*[_fmt(v) for v in r])
     console.print(t)
@@ -49,6 +49,8 @@ def print_conversion(report):
                      r["bytes"], r["fp32_bytes"], exact, r.get("input_bit_mismatches", "-")])
     table(f"{report['arch'] or 'model'} ({report['asd']} ASD), input {report['input_shape']}",
           ["layer", "kind", "weights", "fold", "flipped", "bytes", "fp32 bytes", "exact", "bit mism."], rows)
+    for w in report.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {w}")
     t, c = report["totals"], report["check"]
     console.print(f"{t['binary_layers']} binary and {t['float_layers']} float layers; constants "
                   f"{t['deployed_constant_bytes']:,} bytes against {t['fp32_parameter_bytes']:,} fp32 bytes: "

@@ -3,6 +3,10 @@ import pytest
 import torch
 import torch.nn as nn
 
+# small inputs that every architecture takes, for fast tests
+TEST_INPUT = {"resnet20": (3, 16, 16), "resnet18": (3, 32, 32), "vgg_small": (3, 32, 32), "bireal18": (3, 64, 64),
+              "bireal18_32w1a": (3, 64, 64)}
+
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     """Random BN statistics with negative and exactly-zero gammas, random WSD alphas and ASD betas."""

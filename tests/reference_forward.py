@@ -52,8 +52,11 @@ def linear(state, prefix, x):
     return x @ state[prefix + ".weight"].T + state[prefix + ".bias"]
 
 
-def binary_conv(state, prefix, asd, x, stride, pad):
-    """sdbnn-math.md section 1: WSD on the weights, ASD on the input, conv of the signs."""
+def binary_conv(state, prefix, asd, x, stride, pad, float_weights=False):
+    """sdbnn-math.md section 1: WSD on the weights, ASD on the input, conv of the signs.
+
+    float_weights: the released "32/1" ImageNet model (first training stage): sign(x + shift) against
+    the plain float weights, no WSD."""
     w = state[prefix + ".weight"]
     mw = 0.01 * w.reshape(w.shape[0], -1).mean(axis=1)
     w = w + (sigmoid(state[prefix + ".alpha"]) * mw)[:, None, None, None]
@@ -63,7 +66,8 @@ def binary_conv(state, prefix, asd, x, stride, pad):
         s = x.mean(axis=(2, 3))
         s = np.maximum(s @ state[prefix + ".dybeta.fc.0.weight"].T, 0.0)
         shift = sigmoid(s @ state[prefix + ".dybeta.fc.2.weight"].T)[:, :, None, None]
-    return conv2d(np.sign(x + shift), np.sign(w), stride, pad)
+    weights = state[prefix + ".weight"] if float_weights else np.sign(w)
+    return conv2d(np.sign(x + shift), weights, stride, pad)
 
 
 # --- architectures ------------------------------------------------------------------------------
@@ -115,7 +119,7 @@ def vgg_small(state, asd, x):
     return linear(state, "fc", out.reshape(out.shape[0], -1))
 
 
-def bireal18(state, asd, x):
+def bireal18(state, asd, x, float_weights=False):
     out = batchnorm(state, "bn1", conv2d(x, state["conv1.weight"], 2, 3))
     out = max_pool(out, 3, 2, 1)
     for stage in (1, 2, 3, 4):
@@ -127,13 +131,19 @@ def bireal18(state, asd, x):
                                      conv2d(avg_pool(out, 2, stride), state[p + ".downsample.1.weight"]))
             else:
                 residual = out
-            y = batchnorm(state, p + ".bn1", binary_conv(state, p + ".binary_conv", asd, out, stride, 1)) + residual
+            y = batchnorm(state, p + ".bn1", binary_conv(state, p + ".binary_conv", asd, out, stride, 1,
+                                                         float_weights)) + residual
             slope = state[p + ".prelu.weight"][None, :, None, None]
             out = np.where(y >= 0, y, slope * y)
     return linear(state, "fc", out.mean(axis=(2, 3)))
 
 
-ARCHS = {"resnet20": resnet20, "resnet18": resnet18, "vgg_small": vgg_small, "bireal18": bireal18}
+def bireal18_32w1a(state, asd, x):
+    return bireal18(state, asd, x, float_weights=True)
+
+
+ARCHS = {"resnet20": resnet20, "resnet18": resnet18, "vgg_small": vgg_small, "bireal18": bireal18,
+         "bireal18_32w1a": bireal18_32w1a}
 
 
 def forward(state, arch, asd, x):

@@ -4,12 +4,12 @@ import onnx
 import pytest
 import torch
 
-from conftest import randomize
+from conftest import TEST_INPUT, randomize
 from sdbnn_deploy.convert import convert
 from sdbnn_deploy.models import build
 from sdbnn_deploy.verify_conversion import ort_session
 
-SHAPES = {"resnet20": (3, 32, 32), "resnet18": (3, 32, 32), "vgg_small": (3, 32, 32), "bireal18": (3, 64, 64)}
+SHAPES = {arch: TEST_INPUT[arch] for arch in ("resnet20", "resnet18", "vgg_small", "bireal18")}
 
 
 @pytest.mark.parametrize("asd", ["static", "dynamic"])
@@ -80,3 +80,15 @@ def test_exported_model_uses_only_standard_ops_inside_functions():
     standard = {n.op_type for n in m.graph.node if n.domain in ("", "ai.onnx")}
     assert standard <= {"Conv", "BatchNormalization", "Clip", "ReduceMean", "Gemm", "Relu", "Sigmoid", "Cast",
                         "MaxPool", "Flatten", "Add"}
+
+
+@pytest.mark.parametrize("asd", ["static", "dynamic"])
+def test_float_weight_32w1a_variant_exports_as_float_conv_with_a_warning(asd):
+    model = randomize(build("bireal18_32w1a", asd), seed=5)
+    result = convert(model, arch="bireal18_32w1a", input_shape=(3, 64, 64), probe_batch=2)
+    check = result.report["check"]
+    assert check["passed"], check["failure"]
+    assert not result.graph.nodes_of("BinaryConv2d") and not result.graph.nodes_of("BinarizePack")
+    assert len(result.report["warnings"]) == 16
+    assert "no bit-serial speed-up" in result.report["warnings"][0]
+    assert "layer1.0.binary_conv" in result.report["warnings"][0]

@@ -6,11 +6,9 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sdbnn_deploy.models import ARCHITECTURES, DEFAULT_INPUT_SHAPE, IRConv2d, build, float_twin
+from conftest import TEST_INPUT  # small test inputs: (C, H, W) per architecture
 from reference_forward import forward as reference_forward
-
-# small test inputs: (C, H, W) per architecture
-TEST_INPUT = {"resnet20": (3, 16, 16), "resnet18": (3, 32, 32), "vgg_small": (3, 32, 32), "bireal18": (3, 64, 64)}
+from sdbnn_deploy.models import ARCHITECTURES, DEFAULT_INPUT_SHAPE, IRConv2d, build, float_twin
 
 
 def randomize(model, seed, calibration_input):

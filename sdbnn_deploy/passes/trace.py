@@ -160,12 +160,29 @@ class _Builder:
             shift = self.const(f"{path}.shift", torch.sigmoid(m.beta.detach()).numpy())
         else:
             shift = self._se_block(x, m.dybeta, f"{path}.dybeta")
+        if not getattr(m, "binary_weights", True):
+            return self._float_weight_conv(n, m, x, shift)
         bits = self.tmp("BinarizePack", [x, shift], f"{path}.bits", name=path)
         weight = self.const(f"{path}.weight", m.weight.detach().numpy())
         alpha = self.const(f"{path}.alpha", m.alpha.detach().numpy())
         attrs = {"strides": list(m.stride), "pads": list(m.padding), "in_channels": m.in_channels}
         y = self.tmp("WsdConv2d", [bits, weight, alpha], f"{path}.y", attrs, name=path)
         return self.emit("Cast", [y], n, {"to": "float32"}, name=path)
+
+    def _float_weight_conv(self, n, m, x, shift):
+        """The "32/1" variant: float weights on +-1 inputs, a float Conv (no bit-serial speed-up)."""
+        path = n.target
+        self.g.meta.setdefault("warnings", []).append(
+            f"layer {path} has float weights (a 32/1 model): exported as a float conv on +-1 inputs, "
+            "it gets no bit-serial speed-up")
+        shift = self.tmp("Unsqueeze", [shift, self.const("axes_hw", np.array([-2, -1]))], f"{path}.shift4", name=path)
+        positive = self.tmp("Greater", [self.tmp("Add", [x, shift], f"{path}.shifted", name=path),
+                                        self.const("zero", np.float32(0))], f"{path}.positive", name=path)
+        signs = self.tmp("Where", [positive, self.const("one", np.float32(1)), self.const("minus_one", np.float32(-1))],
+                         f"{path}.signs", name=path)
+        ph, pw = m.padding
+        attrs = {"strides": list(m.stride), "pads": [ph, pw, ph, pw], "kernel_shape": list(m.kernel_size)}
+        return self.emit("Conv", [signs, self.const(f"{path}.weight", m.weight.detach().numpy())], n, attrs, name=path)
 
     def _se_block(self, x, se, path):
         fc = getattr(se, "fc", None)
