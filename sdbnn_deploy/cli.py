@@ -136,3 +136,31 @@ def run_command(artifact, inputs, output, threads):
         np.save(output, next(iter(outputs.values())))
     if output:
         click.echo(f"wrote {output}")
+
+
+@main.command("verify")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("deployed", type=click.Path())
+@click.option("--data", default="digits", show_default=True, help="digits, FILE.npz (x, optional y) or an image FOLDER.")
+@click.option("--limit", type=int, help="Use only the first N inputs.")
+@click.option("--batch-size", default=64, show_default=True, help="Batch size for PyTorch and onnxruntime.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the report as JSON.")
+@click.option("--min-agreement", type=float, help="Lowest top-1 agreement with PyTorch that passes [default: 0.99].")
+@click.option("--max-logit-diff", type=float, help="Largest |logit difference| that passes [default: 1% of the logit scale].")
+@click.option("--arch", help="Architecture of the checkpoint; inferred if left out.")
+@click.option("--trust-pickle", is_flag=True, help="Allow a checkpoint that runs code when loaded (a pickled module).")
+def verify_command(model, deployed, data, limit, batch_size, json_path, min_agreement, max_logit_diff, arch,
+                   trust_pickle):
+    """Check an ONNX or artifact against the PyTorch model on data; exit 1 when a tolerance is exceeded."""
+    from sdbnn_deploy.report import console, write_json
+    from sdbnn_deploy.verify import DEFAULT_MIN_AGREEMENT, EXIT_FAILED, print_report, verify
+
+    report = verify(model, deployed, data=data, limit=limit, batch_size=batch_size, arch=arch,
+                    min_agreement=DEFAULT_MIN_AGREEMENT if min_agreement is None else min_agreement,
+                    max_logit_diff=max_logit_diff, trust_pickle=trust_pickle)
+    print_report(report)
+    if json_path:
+        write_json(json_path, report)
+        console.print(f"wrote {json_path}")
+    if not report["passed"]:
+        sys.exit(EXIT_FAILED)
