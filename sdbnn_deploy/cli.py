@@ -164,3 +164,36 @@ def verify_command(model, deployed, data, limit, batch_size, json_path, min_agre
         console.print(f"wrote {json_path}")
     if not report["passed"]:
         sys.exit(EXIT_FAILED)
+
+
+def _int_list(text):
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--threads {text!r}: expected comma-separated integers, e.g. 1,2") from None
+
+
+@main.command("bench")
+@click.option("--models", help="Comma-separated models (default: vgg_small, resnet18, resnet20 in both ASD forms "
+              "and bireal18-static); e.g. vgg_small-static,resnet18-dynamic.")
+@click.option("--threads", default=None, help="Comma-separated thread counts; default 1 and all cores.")
+@click.option("--repeat", default=50, show_default=True, help="Latency samples per model, backend and thread count.")
+@click.option("--target", default="x86", show_default=True, help="x86 target our models are compiled for.")
+@click.option("--workdir", type=click.Path(file_okay=False), help="Keep the ONNX files and artifacts here.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the report as JSON.")
+def bench_command(models, threads, repeat, target, workdir, json_path):
+    """Batch-1 latency against the float twins (PyTorch, onnxruntime), per-layer efficiency, issue-6 targets."""
+    from sdbnn_deploy.bench import BenchOptions, print_report, run_bench
+    from sdbnn_deploy.report import console, write_json
+
+    options = BenchOptions(repeat=repeat, target=target, workdir=workdir)
+    if models:
+        options.models = [m.strip() for m in models.split(",") if m.strip()]
+    if threads:
+        options.threads = _int_list(threads)
+    with console.status("benchmarking") as status:
+        report = run_bench(options, progress=lambda step: status.update(f"benchmarking: {step}"))
+    print_report(report)
+    if json_path:
+        write_json(json_path, report)
+        console.print(f"wrote {json_path}")
