@@ -23,7 +23,7 @@ import tvm
 from sdbnn_deploy import __version__
 from sdbnn_deploy.errors import UserError
 from sdbnn_deploy.targets import TargetSpec, get_target
-from sdbnn_deploy.tvm import apply_schedules, schedule_module
+from sdbnn_deploy.tvm import apply_schedules, conv_kernels, schedule_module
 from sdbnn_deploy.tvm.relax_import import import_onnx
 
 LIBRARY = "model.so"
@@ -50,7 +50,8 @@ def compile_model(onnx_path, target: str, out_dir, threads: int | None = None, b
     _check_out_dir(out_dir)
     model = _load(onnx_path)
     lanes = schedule_module(spec.schedule).conv_lanes(spec.params)
-    mod = import_onnx(model, lanes=lanes, batch=batch, source=str(onnx_path))
+    mod = import_onnx(model, lanes=lanes, batch=batch, source=str(onnx_path),
+                      conv=conv_kernels(spec.schedule, spec.params))
     mod = apply_schedules(mod, spec.schedule, spec.params)
     executable = tvm.compile(mod, target=tvm.target.Target(spec.tvm_target))
     manifest = _manifest(model, mod, spec, target, onnx_path, threads or spec.threads, batch, lanes)

@@ -25,6 +25,15 @@ def schedule_module(schedule: str):
     return importlib.import_module(SCHEDULE_MODULES[schedule])
 
 
+def conv_kernels(schedule: str, params: dict):
+    """The module whose prepare_conv_weights and binary_conv2d the importer emits for BinaryConv2d: the
+    schedule module's conv_kernels(params) where it has one (ARM: byte lanes), else kernels."""
+    module = schedule_module(schedule)
+    if hasattr(module, "conv_kernels"):
+        return module.conv_kernels(params)
+    return importlib.import_module("sdbnn_deploy.tvm.kernels")
+
+
 def schedule_primfunc(func: tvm.tirx.PrimFunc, schedule: str, params: dict) -> tvm.tirx.PrimFunc:
     """Schedule one PrimFunc tagged with OP_ATTR by the matching function of the schedule module."""
     op = str(func.attrs[OP_ATTR])

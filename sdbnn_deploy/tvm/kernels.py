@@ -121,9 +121,8 @@ def binary_conv2d(x: te.Tensor, weights: te.Tensor, correction: te.Tensor, *extr
     blocks, kh, kw, _, lanes = (int(d) for d in weights.shape)
     sh, sw = strides
     ph, pw = pads
-    oh, top_h, bot_h = border_bounds(h, kh, sh, ph)
-    ow, top_w, bot_w = border_bounds(w, kw, sw, pw)
-    taps = in_channels * kh * kw
+    oh, _, _ = border_bounds(h, kh, sh, ph)
+    ow, _, _ = border_bounds(w, kw, sw, pw)
 
     def padded(i, y, xx, k):
         inside = tirx.all(y >= ph, y < h + ph, xx >= pw, xx < w + pw)
@@ -138,6 +137,23 @@ def binary_conv2d(x: te.Tensor, weights: te.Tensor, correction: te.Tensor, *extr
         lambda i, y, xx, b, v: te.sum(
             tirx.popcount(xp[i, y * sh + r, xx * sw + s, k] ^ weights[b, r, s, k, v]), axis=[r, s, k]),
         name="popcount")
+    return conv_output_stage(counts, correction, *extra, in_channels=in_channels, out_channels=out_channels,
+                             in_hw=(h, w), kernel=(kh, kw), strides=strides, pads=pads, mode=mode)
+
+
+def conv_output_stage(counts: te.Tensor, correction: te.Tensor, *extra: te.Tensor, in_channels: int,
+                      out_channels: int, in_hw, kernel, strides, pads, mode: str) -> te.Tensor:
+    """Stages "conv" and "output" of BinaryConv2d from counts (N, OH, OW, blocks, lanes), the popcount of
+    (input XOR weights) of every output in any unsigned dtype: y = taps - 2*count - correction, then the
+    output of `mode` (see binary_conv2d)."""
+    n, oh, ow, blocks, lanes = (int(d) for d in counts.shape)
+    h, w = in_hw
+    kh, kw = kernel
+    sh, sw = strides
+    ph, pw = pads
+    _, top_h, bot_h = border_bounds(h, kh, sh, ph)
+    _, top_w, bot_w = border_bounds(w, kw, sw, pw)
+    taps = in_channels * kh * kw
 
     def conv(i, y, xx, b, v):
         corr = correction[border_class(y, top_h, bot_h, tirx.min, tirx.max),

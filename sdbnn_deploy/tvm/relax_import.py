@@ -69,7 +69,7 @@ def _convert_binarize_pack(bb, inputs, attr):
     return _emit(bb, kernels.binarize_pack, "BinarizePack", x, shift)
 
 
-def _convert_binary_conv2d(bb, inputs, attr, lanes: int):
+def _convert_binary_conv2d(bb, inputs, attr, lanes: int, conv=kernels):
     name = attr["tvm_custom"]["name"]
     x, extra = inputs[0], [e for e in inputs[2:] if e is not None]
     w = _constant(inputs[1], name, "W")
@@ -83,8 +83,8 @@ def _convert_binary_conv2d(bb, inputs, attr, lanes: int):
     expected = {"int": 0, "affine": 2, "bits": 1}.get(mode)
     if expected is None or len(extra) != expected:
         raise UserError(f"node {name}: BinaryConv2d mode {mode!r} with {len(extra)} output-stage inputs")
-    blocked, correction = kernels.prepare_conv_weights(w, cin, (h, width), pads, strides, lanes)
-    return _emit(bb, kernels.binary_conv2d, "BinaryConv2d", x, relax.const(blocked), relax.const(correction),
+    blocked, correction = conv.prepare_conv_weights(w, cin, (h, width), pads, strides, lanes)
+    return _emit(bb, conv.binary_conv2d, "BinaryConv2d", x, relax.const(blocked), relax.const(correction),
                  *extra, in_channels=cin, out_channels=int(w.shape[0]), strides=strides, pads=pads, mode=mode)
 
 
@@ -93,11 +93,11 @@ def _convert_packed_max_pool2d(bb, inputs, attr):
                  kernel_shape=tuple(attr["kernel_shape"]), strides=tuple(attr["strides"]))
 
 
-def _converters(frontend, lanes: int) -> dict:
+def _converters(frontend, lanes: int, conv=kernels) -> dict:
     """One OnnxOpConverter subclass per sdbnn op (the importer calls _impl_v<opset> on the class)."""
     functions = {
         "BinarizePack": _convert_binarize_pack,
-        "BinaryConv2d": lambda bb, inputs, attr: _convert_binary_conv2d(bb, inputs, attr, lanes),
+        "BinaryConv2d": lambda bb, inputs, attr: _convert_binary_conv2d(bb, inputs, attr, lanes, conv),
         "PackedMaxPool2d": _convert_packed_max_pool2d,
     }
 
@@ -109,11 +109,12 @@ def _converters(frontend, lanes: int) -> dict:
 
 
 @contextlib.contextmanager
-def sdbnn_ops_registered(lanes: int):
-    """While active, TVM's ONNX importer converts our custom ops (weights laid out for `lanes`)."""
+def sdbnn_ops_registered(lanes: int, conv=kernels):
+    """While active, TVM's ONNX importer converts our custom ops (weights laid out for `lanes`; conv: the
+    module with BinaryConv2d's compute, kernels or kernels_arm, see sdbnn_deploy.tvm.conv_kernels)."""
     frontend = _onnx_frontend()
     original = frontend._get_convert_map
-    extra = _converters(frontend, lanes)
+    extra = _converters(frontend, lanes, conv)
     frontend._get_convert_map = lambda: {**original(), **extra}
     try:
         yield
@@ -142,10 +143,12 @@ def check_model(model: onnx.ModelProto, source: str = "model") -> None:
                         f"{', '.join(missing)}")
 
 
-def import_onnx(model: onnx.ModelProto, lanes: int, batch: int = 1, source: str = "model") -> tvm.IRModule:
+def import_onnx(model: onnx.ModelProto, lanes: int, batch: int = 1, source: str = "model",
+                conv=kernels) -> tvm.IRModule:
     """Relax IRModule of a converted model, the graph inputs' symbolic batch fixed to `batch`.
 
-    `lanes` is the schedule's weight block width (conv_lanes of the target's schedule module).
+    `lanes` is the schedule's weight block width (conv_lanes of the target's schedule module), `conv` the
+    module with BinaryConv2d's compute (sdbnn_deploy.tvm.conv_kernels of the target).
     """
     check_model(model, source)
     initializers = {t.name for t in model.graph.initializer}
@@ -158,5 +161,5 @@ def import_onnx(model: onnx.ModelProto, lanes: int, batch: int = 1, source: str 
         if any(d is None for d in shape[1:]):
             raise UserError(f"{source}: input {value.name} has dynamic dimensions {shape}; only the batch may be")
         shapes[value.name] = [batch] + shape[1:] if shape and shape[0] is None else shape
-    with sdbnn_ops_registered(lanes):
+    with sdbnn_ops_registered(lanes, conv):
         return relax.frontend.onnx.from_onnx(model, shape_dict=shapes)

@@ -2,39 +2,52 @@
 
 The same four functions as schedule_x86 (its docstring says who calls them and how):
 conv_lanes(params), schedule_binarize_pack(sch, params), schedule_binary_conv2d(sch, params),
-schedule_packed_max_pool2d(sch, params). They only reorder work: results are bit-identical.
+schedule_packed_max_pool2d(sch, params), plus conv_kernels(params): the module with BinaryConv2d's
+compute (prepare_conv_weights, binary_conv2d) that the importer must use. They only reorder work:
+results are bit-identical.
 
-Params read here (defaults in DEFAULTS; targets/rpi*.toml set them): tile_pixels and tile_vectors, the
-register tile of the conv (output pixels x 128-bit vectors of output channels). NEON has 32 128-bit
-registers, so the tile stays at or below 16 accumulators.
+Params read here (defaults in DEFAULTS; targets/rpi*.toml set them): byte_lanes (use kernels_arm),
+tile_pixels and tile_vectors, the register tile of the conv (output pixels x 128-bit vectors of output
+channels; tile_pixels is an upper bound, the largest divisor of the output width within it is used).
 
-The conv: one q register holds V = 2 uint64 weight words (two output channels). A register tile of
-output pixels x vectors (the largest divisors of the output width and of the vector count within the
-params) accumulates in a "local" block, with the reduction loops (kh, kw, input words) outside the
-tile: each input word is broadcast against the tile's weight vectors, XORed and counted. LLVM lowers the uint64
-popcount to `cnt v.16b` and widens at every step (uaddlp .8h, uaddlp .4s, uadalp .2d): 5 instructions
-per 128 bit-MACs. Rows (batch x output rows) run in parallel.
+With byte_lanes (kernels_arm, the default): one q register holds 16 bytes of ONE output channel's
+words; V = tile_vectors output channels per weight block. Per tile of pixels x V channels the uint8
+partial sums stay in registers while a chunk of the reduction (at most 31 quads) runs: per 16 bytes
+`eor`, `cnt .16b`, `add .16b` plus the loads (ldp of two q), so the hot loop does about 3.4-3.5
+instructions per 128 bit-MACs (sdbnn_deploy.asm_count). After each chunk the bytes are widened into
+uint16 lanes, at the end the lanes are added into the output's count.
 
-Not done, and why: byte lanes with uint8 partial sums (eor + cnt .16b + add .16b, widened once per
-tap; exact while a byte lane sees at most 31 words) would cut that to about 3. A schedule cannot change
-the accumulator's dtype, and `Schedule.tensorize` segfaults in this wheel pair (apache-tvm 0.27.0.post1
-+ apache-tvm-ffi 0.1.15.post2: its DeepCopy goes through ToJSONGraph, the save_json crash of
-tvm-notes.md), even with TVM's own NEON intrinsics. It needs a byte-lane variant of the compute.
+Without byte_lanes (kernels.binary_conv2d): one q register holds V = 2 uint64 weight words (two output
+channels); LLVM lowers the uint64 popcount to `cnt v.16b` and widens at every step (uaddlp .8h,
+uaddlp .4s, uadalp .2d): about 6 instructions per 128 bit-MACs. Kept for comparison and as the fallback.
+`Schedule.tensorize` is not used: it segfaults in this wheel pair (apache-tvm 0.27.0.post1 +
+apache-tvm-ffi 0.1.15.post2, the save_json crash of tvm-notes.md).
 """
 from tvm import s_tir
 
+from sdbnn_deploy.tvm import kernels, kernels_arm
 from sdbnn_deploy.tvm.schedule_x86 import _parallel_rows
 
-DEFAULTS = {"tile_pixels": 2, "tile_vectors": 4}
-LANES = 2  # uint64 words per 128-bit NEON register
+DEFAULTS = {"byte_lanes": True, "tile_pixels": 2, "tile_vectors": 4}
+LANES = 2  # uint64 words per 128-bit NEON register (word lanes)
 
 
 def _param(params, name):
+    """params[name], else its default; a name this module does not know is an error, not ignored."""
+    unknown = sorted(set(params or {}) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"schedule_arm: unknown schedule parameters {unknown}; known: {sorted(DEFAULTS)}")
     return int((params or {}).get(name, DEFAULTS[name]))
 
 
+def conv_kernels(params):
+    """kernels_arm (byte lanes) or kernels (uint64 word lanes): the compute the importer emits."""
+    return kernels_arm if _param(params, "byte_lanes") else kernels
+
+
 def conv_lanes(params) -> int:
-    return LANES
+    """Output channels per weight block: the tile's vectors with byte lanes, else 2 words per q register."""
+    return _param(params, "tile_vectors") if _param(params, "byte_lanes") else LANES
 
 
 def _extent(sch: s_tir.Schedule, loop) -> int:
@@ -46,6 +59,86 @@ def _largest_divisor(n: int, at_most: int) -> int:
 
 
 def schedule_binary_conv2d(sch: s_tir.Schedule, params) -> None:
+    """The byte-lane schedule for kernels_arm's compute (it has a "widen" block), else the word one."""
+    if _has_block(sch, "widen"):
+        return _schedule_byte_lanes(sch, params)
+    return _schedule_word_lanes(sch, params)
+
+
+def _has_block(sch: s_tir.Schedule, name: str) -> bool:
+    try:
+        sch.get_sblock(name)
+    except Exception:  # tvm raises a ScheduleError subclass that differs between versions
+        return False
+    return True
+
+
+def _schedule_byte_lanes(sch: s_tir.Schedule, params) -> None:
+    """kernels_arm's compute: a register tile of output pixels x V output channels (one 16-byte
+    accumulator each) per parallel row. Per tile: uint16 sums ("widen", local) over the chunks; per chunk
+    the uint8 sums ("popcount_bytes", local) with the chunk's reduction loops outside the unrolled tile and
+    the 16 bytes vectorised (the hot loop: eor, cnt .16b, add .16b); then lane sums, conv and output."""
+    pad, part, widen, counts, conv, out = (sch.get_sblock(name) for name in kernels_arm.BLOCKS)
+    _parallel_rows(sch, pad)
+    sch.vectorize(sch.get_loops(pad)[-1])
+
+    n, oh, ow, b, v = sch.get_loops(conv)
+    tw = _largest_divisor(_extent(sch, ow), _param(params, "tile_pixels"))
+    lanes = _extent(sch, v)
+    owo, owi = sch.split(ow, [None, tw])
+    sch.reorder(n, oh, owo, b, owi, v)
+    sch.parallel(sch.fuse(n, oh))
+    tile = {"owi": tw, "v": lanes}
+
+    sch.compute_at(counts, b)
+    sch.compute_at(widen, b)
+    sch.set_scope(widen, 0, "local")
+    chunks = _reductions(sch, widen)
+    loops = _named_loops(sch, widen, {**tile, "byte": kernels_arm.QUAD_BYTES, **chunks})
+    chunk_loops = _tile_inside(sch, loops, list(chunks))
+    if chunk_loops:
+        sch.decompose_reduction(widen, chunk_loops[0])
+    chunk_loop = chunk_loops[-1] if chunk_loops else b
+
+    sch.compute_at(part, chunk_loop)
+    sch.set_scope(part, 0, "local")
+    inner = _reductions(sch, part)
+    loops = _named_loops(sch, part, {**tile, "byte": kernels_arm.QUAD_BYTES, **inner})
+    inner_loops = _tile_inside(sch, loops, list(inner))
+    sch.decompose_reduction(part, (inner_loops or list(loops.values()))[0])
+
+    loops = _named_loops(sch, counts, {**tile, "lane": kernels_arm.QUAD_BYTES})
+    for loop in loops.values():
+        sch.unroll(loop)
+    _parallel_rows(sch, out)
+
+
+def _reductions(sch: s_tir.Schedule, block) -> dict:
+    """{name: extent} of the block's reduction iter vars (without the "v_" prefix), in order."""
+    return {iv.var.name.removeprefix("v_"): int(iv.dom.extent) for iv in sch.get(block).iter_vars
+            if iv.iter_type == 2}
+
+
+def _named_loops(sch: s_tir.Schedule, block, extents: dict) -> dict:
+    """The innermost loops of a block after compute_at, named by `extents` ({name: extent}, loop order).
+    compute_at leaves no loop of extent 1, so only the names with an extent above 1 get a loop."""
+    present = [name for name, extent in extents.items() if extent > 1]
+    return dict(zip(present, sch.get_loops(block)[-len(present):])) if present else {}
+
+
+def _tile_inside(sch: s_tir.Schedule, loops: dict, outer: list) -> list:
+    """Move the `outer` loops (reductions) outside the tile loops, unroll the tile, vectorise the bytes;
+    returns the outer loops that exist (those of extent 1 have none)."""
+    outer_loops = [loops[name] for name in outer if name in loops]
+    sch.reorder(*outer_loops, *[loop for name, loop in loops.items() if name not in outer])
+    for name in ("owi", "v"):
+        if name in loops:
+            sch.unroll(loops[name])
+    sch.vectorize(loops["byte"])
+    return outer_loops
+
+
+def _schedule_word_lanes(sch: s_tir.Schedule, params) -> None:
     pad = sch.get_sblock("pad")
     counts = sch.get_sblock("popcount")
     conv = sch.get_sblock("conv")

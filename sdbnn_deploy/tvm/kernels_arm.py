@@ -1,0 +1,124 @@
+"""BinaryConv2d with byte lanes, for NEON: uint8 partial sums, widened before a byte can overflow.
+
+The same rule as kernels.binary_conv2d (y = Cin*kh*kw - 2*popcount - correction, then the output stage,
+shared through kernels.conv_output_stage), the same two functions with the same signatures
+(prepare_conv_weights, binary_conv2d), so the importer can use either module. What differs is how the
+popcount is accumulated, so that LLVM emits `eor`, `cnt .16b` and `add .16b` and nothing else per 16 bytes:
+
+- a "quad" is 16 bytes = 2 consecutive uint64 words of one pixel (input) or one output channel (weights);
+  the word count is padded to whole quads with zero words, which XOR to 0 and count nothing;
+- stage "pad" turns the input words into bytes (N, H+2ph, W+2pw, quads, 16), byte l of a quad being byte
+  l%8 (bits 8(l%8)..8(l%8)+7) of word l//8, zero on the spatial padding;
+- the weights are constants already laid out as bytes [ceil(Cout/V)][kh][kw][quads][V][16] (V output
+  channels per block, the register tile's channel count);
+- stage "popcount_bytes" sums popcount(input byte ^ weight byte) over a CHUNK of the reduction in uint8:
+  one quad adds at most 8 to a byte lane, so a chunk holds at most MAX_QUADS_PER_CHUNK = 31 quads
+  (31 * 8 = 248 <= 255) and a byte never wraps;
+- stage "widen" adds the chunks' uint8 partial sums into uint16 lanes; stage "popcount" adds the 16
+  lanes into the count of each output (int32).
+
+How the reduction (kh, kw, quads) is cut into chunks (`chunking`, the first that fits):
+  "all":   kh*kw*quads <= 31: one chunk, nothing is widened before the end;
+  "row":   kw*quads <= 31: one chunk per kernel row r;
+  "quads": one chunk per tap (r, s) and group of at most 31 quads (quads padded to whole groups).
+A uint16 lane sees at most 8 bits per quad and tap: kh*kw*quads*8 must stay <= 65535 (checked).
+"""
+import numpy as np
+from tvm import te, tirx
+
+from sdbnn_deploy.tvm.kernels import border_bounds, conv_output_stage
+from sdbnn_deploy.tvm.kernels import prepare_conv_weights as prepare_word_weights
+
+QUAD_BYTES = 16  # one 128-bit NEON register
+WORDS_PER_QUAD = 2
+MAX_QUADS_PER_CHUNK = 31  # 31 quads * at most 8 set bits per byte lane = 248 <= 255
+BLOCKS = ("pad", "popcount_bytes", "widen", "popcount", "conv", "output")
+
+
+def chunking(kh: int, kw: int, quads: int):
+    """(name, quads per group, groups): how the reduction is cut into uint8 chunks (module docstring)."""
+    if kh * kw * 8 * quads > 0xFFFF:
+        raise ValueError(f"binary conv {kh}x{kw} over {quads * 128} channels overflows uint16 byte-lane sums")
+    if kh * kw * quads <= MAX_QUADS_PER_CHUNK:
+        return "all", quads, 1
+    if kw * quads <= MAX_QUADS_PER_CHUNK:
+        return "row", quads, 1
+    groups = -(-quads // MAX_QUADS_PER_CHUNK)
+    per_group = -(-quads // groups)
+    return "quads", per_group, groups
+
+
+def padded_quads(kh: int, kw: int, words: int) -> int:
+    """The number of quads the input and weights are laid out with (whole quads, whole chunk groups)."""
+    quads = -(-words // WORDS_PER_QUAD)
+    _, per_group, groups = chunking(kh, kw, quads)
+    return per_group * groups
+
+
+def prepare_conv_weights(w: np.ndarray, in_channels: int, in_hw, pads, strides, lanes: int):
+    """Packed weights (Cout,kh,kw,Cw) -> (byte weights [ceil(Cout/V)][kh][kw][quads][V][16] uint8,
+    correction): the correction exactly as kernels.prepare_conv_weights makes it (V = lanes)."""
+    blocked, correction = prepare_word_weights(w, in_channels, in_hw, pads, strides, lanes)
+    blocks, kh, kw, cw, v = blocked.shape
+    quads = padded_quads(kh, kw, cw)
+    words = np.zeros((blocks, kh, kw, quads * WORDS_PER_QUAD, v), dtype="<u8")
+    words[:, :, :, :cw] = blocked
+    # (.., quad, word in quad, V) -> (.., quad, V, word in quad), then each word as its 8 bytes, low first.
+    by_quad = words.reshape(blocks, kh, kw, quads, WORDS_PER_QUAD, v).transpose(0, 1, 2, 3, 5, 4)
+    as_bytes = np.ascontiguousarray(by_quad).view(np.uint8)
+    return as_bytes.reshape(blocks, kh, kw, quads, v, QUAD_BYTES), correction
+
+
+def _u8(value):
+    return tirx.const(value, "uint8")
+
+
+def binary_conv2d(x: te.Tensor, weights: te.Tensor, correction: te.Tensor, *extra: te.Tensor,
+                  in_channels: int, out_channels: int, strides, pads, mode: str) -> te.Tensor:
+    """BinaryConv2d of packed words x (N,H,W,Cw) with byte weights from prepare_conv_weights."""
+    n, h, w, cw = (int(d) for d in x.shape)
+    blocks, kh, kw, quads, lanes, _ = (int(d) for d in weights.shape)
+    name, per_group, groups = chunking(kh, kw, -(-cw // WORDS_PER_QUAD))
+    assert per_group * groups == quads, "weights were not laid out by kernels_arm.prepare_conv_weights"
+    sh, sw = strides
+    ph, pw = pads
+    oh, _, _ = border_bounds(h, kh, sh, ph)
+    ow, _, _ = border_bounds(w, kw, sw, pw)
+
+    def padded(i, y, xx, q, byte):
+        word = q * WORDS_PER_QUAD + byte // 8
+        inside = tirx.all(y >= ph, y < h + ph, xx >= pw, xx < w + pw, word < cw)
+        value = x[i, y - ph, xx - pw, word] >> ((byte % 8) * 8).astype("uint64")
+        return tirx.if_then_else(inside, value.astype("uint8"), _u8(0))
+
+    xp = te.compute((n, h + 2 * ph, w + 2 * pw, quads, QUAD_BYTES), padded, name="pad")
+
+    def popcount(i, y, xx, b, v, byte, r, s, q):
+        return tirx.popcount(xp[i, y * sh + r, xx * sw + s, q, byte] ^ weights[b, r, s, q, v, byte])
+
+    spatial = (n, oh, ow, blocks, lanes)
+    if name == "all":
+        r, s, q = (te.reduce_axis((0, e), name=nm) for nm, e in (("r", kh), ("s", kw), ("q", quads)))
+        part = te.compute(spatial + (QUAD_BYTES,), lambda i, y, xx, b, v, byte: te.sum(
+            popcount(i, y, xx, b, v, byte, r, s, q), axis=[r, s, q]), name="popcount_bytes")
+        widened = te.compute(spatial + (QUAD_BYTES,), lambda *idx: part[idx].astype("uint16"), name="widen")
+    elif name == "row":
+        s, q = te.reduce_axis((0, kw), name="s"), te.reduce_axis((0, quads), name="q")
+        part = te.compute(spatial + (kh, QUAD_BYTES), lambda i, y, xx, b, v, r, byte: te.sum(
+            popcount(i, y, xx, b, v, byte, r, s, q), axis=[s, q]), name="popcount_bytes")
+        r = te.reduce_axis((0, kh), name="r")
+        widened = te.compute(spatial + (QUAD_BYTES,), lambda i, y, xx, b, v, byte: te.sum(
+            part[i, y, xx, b, v, r, byte].astype("uint16"), axis=[r]), name="widen")
+    else:
+        qq = te.reduce_axis((0, per_group), name="qq")
+        part = te.compute(spatial + (kh, kw, groups, QUAD_BYTES), lambda i, y, xx, b, v, r, s, g, byte: te.sum(
+            popcount(i, y, xx, b, v, byte, r, s, g * per_group + qq), axis=[qq]), name="popcount_bytes")
+        r, s, g = (te.reduce_axis((0, e), name=nm) for nm, e in (("r", kh), ("s", kw), ("g", groups)))
+        widened = te.compute(spatial + (QUAD_BYTES,), lambda i, y, xx, b, v, byte: te.sum(
+            part[i, y, xx, b, v, r, s, g, byte].astype("uint16"), axis=[r, s, g]), name="widen")
+
+    lane = te.reduce_axis((0, QUAD_BYTES), name="lane")
+    counts = te.compute(spatial, lambda i, y, xx, b, v: te.sum(
+        widened[i, y, xx, b, v, lane].astype("int32"), axis=[lane]), name="popcount")
+    return conv_output_stage(counts, correction, *extra, in_channels=in_channels, out_channels=out_channels,
+                             in_hw=(h, w), kernel=(kh, kw), strides=strides, pads=pads, mode=mode)

@@ -1,0 +1,141 @@
+"""The byte-lane binary conv of the ARM targets (sdbnn_deploy.tvm.kernels_arm, scheduled by schedule_arm):
+exact against the numpy reference under qemu, and at most 3.5 instructions per 128 bit-MACs in the hot
+loop of the built library (sdbnn_deploy.asm_count).
+
+All conv cases are built into ONE Relax module (one compile, one qemu run, about 30 s on 2 cores).
+These tests need aarch64-linux-gnu-gcc, its objdump and qemu-aarch64 (scripts/setup-system.sh installs
+them): where they are missing the tests fail with the name of the Debian package.
+"""
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from sdbnn_deploy import aarch64, asm_count
+from sdbnn_deploy.bits import pack_signs
+from sdbnn_deploy.ops import binary_conv2d
+from sdbnn_deploy.targets import get_target
+from sdbnn_deploy.tvm import OP_ATTR, apply_schedules, conv_kernels, kernels_arm, schedule_arm
+
+RPI4 = get_target("rpi4")
+MAX_INSTRUCTIONS_PER_128 = 3.5
+
+# n, cin, h, w, cout, k, stride, pad, mode: odd channel counts, kernels 1/3/5, strides 1/2, padding 0/1/2,
+# all three output modes, and each way the reduction is cut into uint8 chunks (kernels_arm.chunking).
+CONV_CASES = [
+    (1, 3, 7, 6, 5, 3, 1, 1, "int"),  # one partial word in a quad of zeros; chunk "all"
+    (2, 17, 6, 5, 9, 5, 2, 2, "bits"),  # 5x5, stride 2, pad 2
+    (1, 80, 5, 7, 70, 3, 2, 1, "affine"),  # two words = one quad; Cout over one output word
+    (1, 130, 6, 6, 19, 5, 1, 2, "bits"),  # 5x5 over 2 quads: 50 quads -> chunk "row"
+    (1, 130, 5, 4, 8, 1, 2, 0, "int"),  # 1x1, stride 2, no padding
+    (1, 512, 5, 6, 12, 3, 1, 1, "affine"),  # 3x3 over 4 quads: 36 quads -> chunk "row", widened 3 times
+    (1, 512, 4, 4, 8, 3, 2, 0, "bits"),  # the same without padding, stride 2
+    (1, 1400, 3, 3, 6, 3, 1, 1, "int"),  # 11 quads per tap: chunk "quads"
+]
+
+
+def _signs(rng, *shape):
+    return rng.choice(np.array([-1, 1], dtype=np.int8), size=shape)
+
+
+def _conv_case(seed, n, cin, h, w, cout, k, stride, pad, mode):
+    rng = np.random.default_rng(seed)
+    x = pack_signs(_signs(rng, n, h, w, cin))
+    wt = pack_signs(_signs(rng, cout, k, k, cin))
+    if mode == "int":
+        extra = []
+    elif mode == "affine":
+        scale = rng.normal(size=cout).astype(np.float32)
+        scale[::3] = 0.0  # zero and negative gammas
+        scale[1::3] = -np.abs(scale[1::3])
+        extra = [scale, rng.normal(size=cout).astype(np.float32)]
+    else:
+        extra = [rng.integers(-cin * k * k // 2, cin * k * k // 2, size=cout).astype(np.int32)]
+    return x, wt, extra
+
+
+def _conv_module(cases, target=RPI4) -> tuple[tvm.IRModule, list, list]:
+    """main(x_0, x_1, ...) = (conv_0(x_0), conv_1(x_1), ...) with the target's conv compute and weights;
+    also the inputs and the numpy references."""
+    conv = conv_kernels(target.schedule, target.params)
+    lanes = schedule_arm.conv_lanes(target.params)
+    bb = relax.BlockBuilder()
+    inputs, wants, prepared = [], [], []
+    for seed, (n, cin, h, w, cout, k, stride, pad, mode) in enumerate(cases):
+        x, wt, extra = _conv_case(seed, n, cin, h, w, cout, k, stride, pad, mode)
+        strides, pads = (stride, stride), (pad, pad)
+        blocked, correction = conv.prepare_conv_weights(wt, cin, (h, w), pads, strides, lanes)
+        inputs.append(x)
+        wants.append(binary_conv2d.reference(x, wt, *extra, in_channels=cin, strides=strides, pads=pads,
+                                             mode=mode))
+        prepared.append((blocked, correction, extra, dict(in_channels=cin, out_channels=cout, strides=strides,
+                                                          pads=pads, mode=mode)))
+    params = [relax.Var(f"x{i}", relax.TensorType(x.shape, "uint64")) for i, x in enumerate(inputs)]
+    with bb.function("main", params):
+        with bb.dataflow():
+            outs = []
+            for p, (blocked, correction, extra, attrs) in zip(params, prepared):
+                constants = [relax.const(c) for c in (blocked, correction, *extra)]
+                outs.append(bb.emit_te(conv.binary_conv2d, p, *constants, **attrs))
+            out = bb.emit_output(relax.Tuple(outs))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    for gvar, func in list(mod.functions.items()):
+        if isinstance(func, tvm.tirx.PrimFunc):
+            mod[gvar] = func.with_attr(OP_ATTR, "BinaryConv2d")
+    return mod, inputs, wants
+
+
+def _export(mod: tvm.IRModule, path, target=RPI4):
+    executable = tvm.compile(apply_schedules(mod, target.schedule, target.params),
+                             tvm.target.Target(target.tvm_target))
+    executable.export_library(str(path), fcompile=tvm.support.cc.cross_compiler(aarch64.cross_compiler()))
+    return path
+
+
+def test_arm_targets_use_byte_lanes():
+    for name in ("rpi3", "rpi4", "rpi5", "aarch64"):
+        spec = get_target(name)
+        assert conv_kernels(spec.schedule, spec.params) is kernels_arm, name
+
+
+def test_chunks_never_let_a_byte_lane_see_more_than_255_bits():
+    for kh, kw, quads in [(1, 1, 1), (3, 3, 3), (3, 3, 4), (5, 5, 2), (3, 3, 11), (1, 1, 40), (3, 3, 100)]:
+        name, per_group, groups = kernels_arm.chunking(kh, kw, quads)
+        per_chunk = {"all": kh * kw * per_group, "row": kw * per_group, "quads": per_group}[name]
+        assert per_chunk * 8 <= 255 and per_group * groups >= quads, (kh, kw, quads)
+    assert kernels_arm.chunking(3, 3, 4)[0] == "row"  # Cin 512, 3x3: the widening path
+    with pytest.raises(ValueError, match="overflows uint16"):
+        kernels_arm.chunking(5, 5, 400)
+
+
+def test_byte_lane_conv_under_qemu_equals_reference(tmp_path):
+    mod, inputs, wants = _conv_module(CONV_CASES)
+    library = _export(mod, tmp_path / "convs.so")
+    gots = aarch64.run_library(library, inputs, threads=2)
+    assert len(gots) == len(wants)
+    for case, got, want in zip(CONV_CASES, gots, wants):
+        assert got.dtype == want.dtype and got.shape == want.shape, case
+        np.testing.assert_array_equal(got, want, err_msg=str(case))
+
+
+@pytest.mark.parametrize("cin", [256, 512])
+def test_rpi4_conv_hot_loop_within_3_5_instructions_per_128_bit_macs(tmp_path, cin):
+    mod, _, _ = _conv_module([(1, cin, 8, 8, 32, 3, 1, 1, "int")])
+    loops = asm_count.count(_export(mod, tmp_path / "conv.so"))
+    for loop in loops:
+        print(f"rpi4 conv Cin={cin} 3x3: {loop.function} hot loop {loop.instructions} instructions, "
+              f"{loop.byte_cnts} cnt .16b: {loop.per_128_bit_macs:.3f} instructions per 128 bit-MACs")
+        assert loop.per_128_bit_macs <= MAX_INSTRUCTIONS_PER_128
+        assert loop.mnemonics.get("eor", 0) == loop.byte_cnts  # one eor per cnt .16b, no widening inside
+        assert not any(m.startswith(("uaddlp", "uadalp", "uaddw")) for m in loop.mnemonics)
+
+
+def test_asm_count_reads_loops_from_objdump_text():
+    code = {"f": [asm_count.Instruction(a, m, o) for a, m, o in [
+        (0x10, "ldp", "q0, q1, [x1]"), (0x14, "eor", "v2.16b, v0.16b, v1.16b"), (0x18, "cnt", "v2.16b, v2.16b"),
+        (0x1c, "add", "v3.16b, v3.16b, v2.16b"), (0x20, "subs", "x2, x2, #0x1"), (0x24, "b.ne", "10 <f+0x10>"),
+        (0x28, "cnt", "v4.8b, v4.8b"), (0x2c, "b", "10 <f+0x10>")]]}
+    (loop,) = asm_count.hot_loops(code)
+    assert (loop.start, loop.end, loop.instructions, loop.byte_cnts) == (0x10, 0x24, 6, 1)
+    assert loop.per_128_bit_macs == 6.0
