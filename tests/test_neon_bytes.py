@@ -139,3 +139,27 @@ def test_asm_count_reads_loops_from_objdump_text():
     (loop,) = asm_count.hot_loops(code)
     assert (loop.start, loop.end, loop.instructions, loop.byte_cnts) == (0x10, 0x24, 6, 1)
     assert loop.per_128_bit_macs == 6.0
+
+
+def test_resnet20_for_rpi4_under_qemu_equals_onnxruntime(tmp_path):
+    """The whole-model path with byte lanes: convert, compile for rpi4, run under qemu, compare."""
+    import torch
+
+    from sdbnn_deploy.compile import compile_model
+    from sdbnn_deploy.convert import convert
+    from sdbnn_deploy.models import build
+    from sdbnn_deploy.run import run_artifact
+    from sdbnn_deploy.verify_conversion import ort_session
+
+    torch.manual_seed(0)
+    conversion = convert(build("resnet20", "static", in_channels=1).eval(), output=tmp_path / "m.onnx",
+                         input_shape=(1, 16, 16))
+    artifact = compile_model(tmp_path / "m.onnx", "rpi4", tmp_path / "artifact")
+    x = np.random.default_rng(0).normal(size=(1, 1, 16, 16)).astype(np.float32)
+    (got,) = run_artifact(artifact.path, x).values()
+    (want,) = ort_session(conversion.onnx_model, 1).run(None, {"input": x})
+    assert np.array_equal(got.argmax(-1), want.argmax(-1))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for loop in asm_count.count(artifact.path):  # Cin <= 64: one quad per tap, the tile epilogue is in the loop
+        print(f"resnet20 rpi4 {loop.function}: {loop.per_128_bit_macs:.2f} instructions per 128 bit-MACs")
+        assert loop.mnemonics.get("eor", 0) == loop.byte_cnts
