@@ -14,8 +14,9 @@ popcount is accumulated, so that LLVM emits `eor`, `cnt .16b` and `add .16b` and
 - stage "popcount_bytes" sums popcount(input byte ^ weight byte) over a CHUNK of the reduction in uint8:
   one quad adds at most 8 to a byte lane, so a chunk holds at most MAX_QUADS_PER_CHUNK = 31 quads
   (31 * 8 = 248 <= 255) and a byte never wraps;
-- stage "widen" adds the chunks' uint8 partial sums into uint16 lanes; stage "popcount" adds the 16
-  lanes into the count of each output (int32).
+- stage "widen" adds the chunks' uint8 partial sums into uint16 lanes; stages "halve8", "halve4",
+  "halve2" add the upper half of the lanes to the lower half; stage "popcount" adds the last two lanes
+  into the count of each output (int32).
 
 How the reduction (kh, kw, quads) is cut into chunks (`chunking`, the first that fits):
   "all":   kh*kw*quads <= 31: one chunk, nothing is widened before the end;
@@ -32,7 +33,8 @@ from sdbnn_deploy.tvm.kernels import prepare_conv_weights as prepare_word_weight
 QUAD_BYTES = 16  # one 128-bit NEON register
 WORDS_PER_QUAD = 2
 MAX_QUADS_PER_CHUNK = 31  # 31 quads * at most 8 set bits per byte lane = 248 <= 255
-BLOCKS = ("pad", "popcount_bytes", "widen", "popcount", "conv", "output")
+HALVES = (8, 4, 2)
+BLOCKS = ("pad", "popcount_bytes", "widen", "halve8", "halve4", "halve2", "popcount", "conv", "output")
 
 
 def chunking(kh: int, kw: int, quads: int):
@@ -71,6 +73,12 @@ def prepare_conv_weights(w: np.ndarray, in_channels: int, in_hw, pads, strides, 
 
 def _u8(value):
     return tirx.const(value, "uint8")
+
+
+def _halve(lanes: te.Tensor, width: int) -> te.Tensor:
+    """(..., 2*width) -> (..., width): lane j plus lane j + width."""
+    return te.compute(tuple(lanes.shape[:-1]) + (width,),
+                      lambda *idx: lanes[idx] + lanes[idx[:-1] + (idx[-1] + width,)], name=f"halve{width}")
 
 
 def binary_conv2d(x: te.Tensor, weights: te.Tensor, correction: te.Tensor, *extra: te.Tensor,
@@ -117,8 +125,10 @@ def binary_conv2d(x: te.Tensor, weights: te.Tensor, correction: te.Tensor, *extr
         widened = te.compute(spatial + (QUAD_BYTES,), lambda i, y, xx, b, v, byte: te.sum(
             part[i, y, xx, b, v, r, s, g, byte].astype("uint16"), axis=[r, s, g]), name="widen")
 
-    lane = te.reduce_axis((0, QUAD_BYTES), name="lane")
-    counts = te.compute(spatial, lambda i, y, xx, b, v: te.sum(
-        widened[i, y, xx, b, v, lane].astype("int32"), axis=[lane]), name="popcount")
+    halves = widened
+    for width in HALVES:  # 16 lanes -> 8 -> 4 -> 2: vector adds of the two halves, no scalar loop
+        halves = _halve(halves, width)
+    counts = te.compute(spatial, lambda *idx: (halves[idx + (0,)] + halves[idx + (1,)]).astype("int32"),
+                        name="popcount")
     return conv_output_stage(counts, correction, *extra, in_channels=in_channels, out_channels=out_channels,
                              in_hw=(h, w), kernel=(kh, kw), strides=strides, pads=pads, mode=mode)

@@ -78,7 +78,7 @@ def _schedule_byte_lanes(sch: s_tir.Schedule, params) -> None:
     accumulator each) per parallel row. Per tile: uint16 sums ("widen", local) over the chunks; per chunk
     the uint8 sums ("popcount_bytes", local) with the chunk's reduction loops outside the unrolled tile and
     the 16 bytes vectorised (the hot loop: eor, cnt .16b, add .16b); then lane sums, conv and output."""
-    pad, part, widen, counts, conv, out = (sch.get_sblock(name) for name in kernels_arm.BLOCKS)
+    pad, part, widen, *halves, counts, conv, out = (sch.get_sblock(name) for name in kernels_arm.BLOCKS)
     _parallel_rows(sch, pad)
     sch.vectorize(sch.get_loops(pad)[-1])
 
@@ -91,6 +91,10 @@ def _schedule_byte_lanes(sch: s_tir.Schedule, params) -> None:
     tile = {"owi": tw, "v": lanes}
 
     sch.compute_at(counts, b)
+    for block, width in reversed(list(zip(halves, kernels_arm.HALVES))):
+        sch.compute_at(block, b)
+        sch.set_scope(block, 0, "local")
+        _tile_inside(sch, _named_loops(sch, block, {**tile, "byte": width}), [])
     sch.compute_at(widen, b)
     sch.set_scope(widen, 0, "local")
     chunks = _reductions(sch, widen)
@@ -107,8 +111,7 @@ def _schedule_byte_lanes(sch: s_tir.Schedule, params) -> None:
     inner_loops = _tile_inside(sch, loops, list(inner))
     sch.decompose_reduction(part, (inner_loops or list(loops.values()))[0])
 
-    loops = _named_loops(sch, counts, {**tile, "lane": kernels_arm.QUAD_BYTES})
-    for loop in loops.values():
+    for loop in _named_loops(sch, counts, tile).values():
         sch.unroll(loop)
     _parallel_rows(sch, out)
 
