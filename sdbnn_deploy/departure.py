@@ -15,7 +15,9 @@ PyTorch, captured by forward hooks:
   `layer1_0_bn1`) against that module's output; it departs where any element differs by more than
   FLOAT_TOLERANCE * (1 + max |PyTorch value|).
 The first departing value in graph order names the layer: the module path of the ONNX node that
-produced it (a BinaryConv2d fused with its batch norm is named by its conv).
+produced it (a BinaryConv2d fused with its batch norm is named by its conv; bits that went through a
+PackedMaxPool2d by the conv that made them). A module called more than once (a shared pooling) is
+not compared: its hook sees several values.
 """
 import numpy as np
 import onnx
@@ -115,15 +117,18 @@ def _probes(onnx_model, model) -> list:
             packed = node.input[0]
             if module in modules and hasattr(modules[module], "shift") and packed in producers:
                 index, producer = producers[packed]
-                probes.append(_probe(packed, "bits", module, index, producer, modules, _in_channels(node)))
+                named = producer
+                while named.op_type == "PackedMaxPool2d" and named.input[0] in producers:
+                    named = producers[named.input[0]][1]  # pooled bits: name the layer that made them
+                probes.append(_probe(packed, "bits", module, index, producer, modules, _in_channels(node), named))
         for out in node.output:
             if out in by_fx_name and _is_float(node):
                 probes.append(_probe(out, "float", by_fx_name[out], i, node, modules))
     return sorted(probes, key=lambda p: p["index"])
 
 
-def _probe(value, kind, module, index, producer, modules, channels=None) -> dict:
-    layer = producer.name.split("/")[0]
+def _probe(value, kind, module, index, producer, modules, channels=None, named=None) -> dict:
+    layer = (named or producer).name.split("/")[0]
     return {"value": value, "kind": kind, "module": module, "index": index, "op": producer.op_type,
             "layer": layer if layer in modules else f"input of {module}", "channels": channels}
 
@@ -155,16 +160,18 @@ def _with_outputs(onnx_model, probes) -> onnx.ModelProto:
 
 
 def _capture(model, probes, x) -> dict:
-    """Run PyTorch once with hooks: (module, "bits") -> (x, shift); (module, "float") -> output."""
-    captured, hooks = {}, []
+    """Run PyTorch once with hooks: (module, "bits") -> (x, shift); (module, "float") -> output.
+    A module called more than once (a shared pooling or activation) has no single value: None."""
+    calls, hooks = {}, []
     for module, kind in {(p["module"], p["kind"]) for p in probes}:
         m = model.get_submodule(module)
 
         def hook(m, inputs, output, key=(module, kind)):
             if key[1] == "bits":
-                captured[key] = (inputs[0].numpy(), m.shift(inputs[0]).numpy())
+                value = (inputs[0].numpy(), m.shift(inputs[0]).numpy())
             else:
-                captured[key] = output.numpy() if isinstance(output, torch.Tensor) else None
+                value = output.numpy() if isinstance(output, torch.Tensor) else None
+            calls.setdefault(key, []).append(value)
         hooks.append(m.register_forward_hook(hook))
     try:
         with torch.no_grad():
@@ -172,7 +179,7 @@ def _capture(model, probes, x) -> dict:
     finally:
         for h in hooks:
             h.remove()
-    return captured
+    return {key: values[0] if len(values) == 1 else None for key, values in calls.items()}
 
 
 def _bit_mismatches(packed, ref, probe):

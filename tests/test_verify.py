@@ -147,3 +147,40 @@ def test_data_shape_error_names_the_file_and_both_shapes(demo, tmp_path):
     with pytest.raises(UserError) as e:
         verify(demo["checkpoint"], demo["artifact"], data=wrong, progress=False)
     assert "wrong.npz" in str(e.value) and "(2, 1, 8, 8)" in str(e.value) and "1, 16, 16" in str(e.value)
+
+
+@pytest.mark.parametrize("arch,asd,layer", [("vgg_small", "static", "conv3"), ("resnet20", "dynamic", "layer2.1.conv1")])
+def test_layer_search_through_thresholds_pools_and_dynamic_shifts(arch, asd, layer):
+    """No departure on a faithful conversion; the corrupted layer is named, also when its output is
+    thresholded bits that go through a packed max-pool (VGG-Small, static ASD)."""
+    import onnx
+    import torch
+    from conftest import TEST_INPUT, randomize
+    from onnx import numpy_helper
+
+    from sdbnn_deploy.convert import convert
+    from sdbnn_deploy.departure import compare_layers
+    from sdbnn_deploy.models import build
+
+    model = randomize(build(arch, asd, 10, 3))
+    shape = TEST_INPUT[arch]
+    good = convert(model, arch=arch, input_shape=shape).onnx_model
+    x = np.random.default_rng(1).standard_normal((2,) + shape).astype(np.float32)
+    rows = compare_layers(model, good, x)
+    assert len(rows) >= 10 and not any(r["departs"] for r in rows)
+    assert {r["kind"] for r in rows} == {"bits", "float"}
+    bad = onnx.ModelProto()
+    bad.CopyFrom(good)
+    init = next(t for t in bad.graph.initializer if t.name == f"{layer}.W_packed")
+    init.CopyFrom(numpy_helper.from_array(~numpy_helper.to_array(init), init.name))  # every weight negated
+    first = next(r for r in compare_layers(model, bad, x) if r["departs"])
+    assert first["layer"] == layer, first
+
+
+def test_rpi4_artifact_verified_under_qemu(demo, tmp_path):
+    from sdbnn_deploy.compile import compile_model
+
+    compile_model(demo["onnx"], "rpi4", tmp_path / "rpi4", batch=16)
+    report = verify(demo["checkpoint"], tmp_path / "rpi4", limit=16, progress=False)
+    assert report["passed"] and report["target"] == "rpi4" and report["deployed"]["arch"] == "aarch64"
+    assert report["runtimes"]["tvm"]["top1_agreement"] == 1.0
