@@ -127,8 +127,8 @@ def verify(checkpoint, deployed, data="digits", limit=None, batch_size=DEFAULT_B
     if len(x) == 0:
         raise UserError(f"--data {data}: no inputs")
 
-    logits, notes = _run_all(loaded.model, dep, x, batch_size, progress)
-    logits = {name: out for name, out in logits.items() if out is not None}
+    logits, notes = _run_all(loaded.model, dep, x, batch_size, progress, checkpoint)
+    _check_same_outputs(logits, checkpoint, dep)
     scale = float(np.max(np.abs(logits["pytorch"])))
     tolerances = {"min_top1_agreement": float(min_agreement),
                   "max_logit_diff": float(max_logit_diff if max_logit_diff is not None
@@ -167,9 +167,9 @@ def _notes(dep: Deployed, checkpoint: Path) -> list:
     return notes
 
 
-def _run_all(model, dep: Deployed, x: np.ndarray, batch_size: int, progress: bool):
+def _run_all(model, dep: Deployed, x: np.ndarray, batch_size: int, progress: bool, checkpoint: Path):
     """Logits of each runtime on `x` (None for one that does not run here) and notes on skipped ones."""
-    jobs = {"pytorch": (_torch_runner(model), batch_size)}
+    jobs = {"pytorch": (_torch_runner(model, checkpoint), batch_size)}
     notes = {}
     if dep.onnx_path is not None:
         jobs["onnxruntime"] = (_ort_runner(dep.onnx_path), batch_size)
@@ -191,6 +191,14 @@ def _run_all(model, dep: Deployed, x: np.ndarray, batch_size: int, progress: boo
     return logits, notes
 
 
+def _check_same_outputs(logits: dict, checkpoint: Path, dep: Deployed) -> None:
+    """The checkpoint and the deployed model must give logits of one shape (else they are different models)."""
+    shapes = {name: out.shape for name, out in logits.items()}
+    if len(set(shapes.values())) > 1:
+        raise UserError(f"{checkpoint} and {dep.path} are not the same model: outputs "
+                        + ", ".join(f"{name} {list(shape)}" for name, shape in shapes.items()))
+
+
 def _batches(n: int, size: int) -> list:
     return [(start, min(start + size, n)) for start in range(0, n, size)]
 
@@ -202,10 +210,14 @@ def _padded(x: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([x, np.repeat(x[-1:], size - len(x), axis=0)])
 
 
-def _torch_runner(model):
+def _torch_runner(model, checkpoint):
     def run(x):
-        with torch.no_grad():
-            return model(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+        try:
+            with torch.no_grad():
+                return model(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+        except RuntimeError as e:  # e.g. a channel count the checkpoint's first conv does not take
+            raise UserError(f"{checkpoint}: the model does not take inputs of shape {list(x.shape[1:])} "
+                            f"({str(e).splitlines()[0]})") from None
     return run
 
 

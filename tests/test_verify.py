@@ -184,3 +184,14 @@ def test_rpi4_artifact_verified_under_qemu(demo, tmp_path):
     report = verify(demo["checkpoint"], tmp_path / "rpi4", limit=16, progress=False)
     assert report["passed"] and report["target"] == "rpi4" and report["deployed"]["arch"] == "aarch64"
     assert report["runtimes"]["tvm"]["top1_agreement"] == 1.0
+
+
+def test_checkpoint_of_another_model_is_refused(demo, tmp_path):
+    from sdbnn_deploy.checkpoint import save_checkpoint
+    from sdbnn_deploy.models import build
+
+    for classes, channels, words in ((7, 1, "not the same model"), (10, 3, "does not take inputs of shape")):
+        other = tmp_path / f"other{classes}.pt"
+        save_checkpoint(other, build("resnet20", "static", classes, channels).eval(), "resnet20", "static", (channels, 16, 16))
+        result = cli(other, demo["onnx"], "--limit", 4)
+        assert result.exit_code == 2 and words in result.output and "other" in result.output, result.output
