@@ -8,10 +8,11 @@ console = Console(highlight=False, width=None if Console().is_terminal else 160)
 
 
 def table(title, columns, rows):
-    """Print rows (lists of values) under column names."""
+    """Print rows (lists of values) under column names; columns of numbers are right-aligned."""
     t = Table(title=title, title_justify="left")
-    for c in columns:
-        t.add_column(c, justify="left" if c in ("layer", "name", "kind", "fold", "op", "figure", "model") else "right")
+    for i, c in enumerate(columns):
+        numeric = bool(rows) and all(isinstance(r[i], (int, float)) for r in rows if r[i] not in (None, "-"))
+        t.add_column(c, justify="right" if numeric else "left")
     for r in rows:
         t.add_row(*[_fmt(v) for v in r])
     console.print(t)
