@@ -25,6 +25,7 @@ from sdbnn_deploy.errors import UserError
 from sdbnn_deploy.targets import TargetSpec, get_target
 from sdbnn_deploy.tvm import apply_schedules, conv_kernels, schedule_module
 from sdbnn_deploy.tvm.relax_import import import_onnx
+from sdbnn_deploy.tvm.schedule_float import relax_pipeline
 
 LIBRARY = "model.so"
 MANIFEST = "manifest.json"
@@ -53,7 +54,8 @@ def compile_model(onnx_path, target: str, out_dir, threads: int | None = None, b
     mod = import_onnx(model, lanes=lanes, batch=batch, source=str(onnx_path),
                       conv=conv_kernels(spec.schedule, spec.params))
     mod = apply_schedules(mod, spec.schedule, spec.params)
-    executable = tvm.compile(mod, target=tvm.target.Target(spec.tvm_target))
+    tvm_target = tvm.target.Target(spec.tvm_target)
+    executable = tvm.compile(mod, target=tvm_target, relax_pipeline=relax_pipeline(tvm_target))
     manifest = _manifest(model, mod, spec, target, onnx_path, threads or spec.threads, batch, lanes)
     _write_artifact(out_dir, executable, manifest, spec)
     return Artifact(out_dir, manifest)
