@@ -3,7 +3,7 @@
 # Installed only where apt-get is available and we are root; elsewhere the tools that need them
 # say which package is missing.
 set -euo pipefail
-pkgs="gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user qemu-user-static"
+pkgs="gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user qemu-user-static debootstrap"
 missing=""
 for p in $pkgs; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

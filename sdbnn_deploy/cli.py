@@ -197,3 +197,53 @@ def bench_command(models, threads, repeat, target, workdir, json_path):
     if json_path:
         write_json(json_path, report)
         console.print(f"wrote {json_path}")
+
+
+@main.command("profile")
+@click.argument("artifact", type=click.Path(file_okay=False))
+@click.option("--rpc", "rpc_address", metavar="HOST:PORT", help="A board's `python -m tvm.exec.rpc_server`.")
+@click.option("--tracker", metavar="HOST:PORT", help="A TVM RPC tracker that hands out boards by --key.")
+@click.option("--key", help="The key the board registered with the tracker (e.g. rpi4).")
+@click.option("--threads", type=int, help="Worker threads; default: the artifact's.")
+@click.option("--repeat", default=50, show_default=True, help="Timed runs (after the warm-up).")
+@click.option("--warmup", default=5, show_default=True, help="Untimed runs first.")
+@click.option("--model", type=click.Path(dir_okay=False),
+              help="The checkpoint, for the float twin's weights; default: random weights (same timing).")
+@click.option("--no-baselines", is_flag=True, help="Skip the PyTorch / onnxruntime fp32 float twin.")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the board or tracker.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the report as JSON.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Draw the per-layer latency chart (PNG).")
+def profile_command(artifact, rpc_address, tracker, key, threads, repeat, warmup, model, no_baselines, timeout,
+                    json_path, plot):
+    """Latency of an artifact (end to end and per layer) here or on a board over TVM RPC."""
+    from sdbnn_deploy.profile import plot_layers, print_profile, profile_artifact
+    from sdbnn_deploy.report import console, write_json
+
+    with console.status("profiling") as status:
+        report = profile_artifact(artifact, rpc=rpc_address, tracker=tracker, key=key, threads=threads,
+                                  repeat=repeat, warmup=warmup, model=model, baselines=not no_baselines,
+                                  timeout=timeout, progress=lambda step: status.update(f"profiling: {step}"))
+    print_profile(report)
+    for path, write in ((json_path, lambda p: write_json(p, report)), (plot, lambda p: plot_layers(report, p))):
+        if path:
+            write(path)
+            console.print(f"wrote {path}")
+
+
+@main.group("board")
+def board_group():
+    """An emulated Raspberry Pi: the real aarch64 TVM RPC server under qemu-user."""
+
+
+@board_group.command("emulate")
+@click.option("--port", type=int, help="Port on 127.0.0.1; default: a free one.")
+@click.option("--tracker", metavar="HOST:PORT", help="Register with this TVM RPC tracker.")
+@click.option("--key", default="rpi4", show_default=True, help="The key to register under (with --tracker).")
+@click.option("--rootfs", type=click.Path(file_okay=False),
+              help="Root filesystem folder; default: built once in ~/.cache/sdbnn-deploy/board.")
+@click.option("--build-only", is_flag=True, help="Build the root filesystem, start nothing.")
+def board_emulate_command(port, tracker, key, rootfs, build_only):
+    """Build (once) and start an emulated Raspberry Pi 4 serving TVM RPC until Ctrl-C."""
+    from sdbnn_deploy.board import emulate
+
+    emulate(port=port, tracker=tracker, key=key, rootfs=rootfs, build_only=build_only, progress=click.echo)
