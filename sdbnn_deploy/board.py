@@ -314,7 +314,7 @@ def emulate(port: int | None = None, tracker: str | None = None, key: str = "rpi
         where = f"registered with tracker {tracker} as key {key!r}" if tracker else "serving"
         progress(f"board: emulated Raspberry Pi {where} on {board.address} (times mean nothing); "
                  f"Ctrl-C stops it")
-        progress(f"  sdbnn-deploy profile ARTIFACT " +
+        progress("  sdbnn-deploy profile ARTIFACT " +
                  (f"--tracker {tracker} --key {key}" if tracker else f"--rpc {board.address}"))
         try:
             while board.proc.poll() is None:

@@ -23,6 +23,7 @@
 import hashlib
 import io
 import re
+import subprocess
 import time
 import warnings
 from pathlib import Path
@@ -199,8 +200,6 @@ def hook_library(arch: str) -> Path:
     include = Path(tvm_ffi.__file__).parent / "include"
     cmd = [compiler, "-O2", "-std=c11", "-Wall", "-shared", "-fPIC", f"-I{include}", "-o", str(tmp),
            str(HOOK_SOURCE)]
-    import subprocess
-
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"building the profiling hook failed:\n{proc.stderr}")
