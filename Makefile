@@ -21,5 +21,12 @@ $(STAMP): pyproject.toml scripts/setup-system.sh
 	$(PY) -m sdbnn_deploy.aarch64 fetch
 	touch $@
 
+# Optional: our models against Larq Compute Engine 0.16 (own environment .venv-lce, created on first use,
+# about 1.4 GB; never part of setup or test). Same run, same machine; writes bench-lce.json.
+.PHONY: bench-lce
+LCE_MODELS := vgg_small-static,resnet20-static,resnet18-static
+bench-lce: $(STAMP)
+	$(VENV)/bin/sdbnn-deploy bench --lce --models $(LCE_MODELS) --threads 1,2 --json bench-lce.json
+
 clean:
 	rm -rf $(VENV) build demo-out

@@ -45,6 +45,7 @@ class BenchOptions:
     input_hw: tuple | None = None  # override the architectures' input size (tests use tiny inputs)
     kernel_ms: float = 10  # each kernel timing repeat runs at least this long
     ceiling_seconds: float = 0.05
+    lce: bool = False  # also time Larq Compute Engine in its own environment (sdbnn_deploy.bench_lce)
 
 
 def run_bench(options: BenchOptions, progress=None) -> dict:
@@ -64,13 +65,34 @@ def run_bench(options: BenchOptions, progress=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="sdbnn-bench-") as tmp:
         workdir = Path(options.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
+        lce_python = _lce_python(options, step)
         report = {"host": _host(spec.name), "options": _options_json(options)}
         step("measuring the popcount ceiling")
         report["ceiling"] = measure_ceiling(seconds=options.ceiling_seconds, repeats=9).to_json()
         report["models"] = [_bench_model(name, options, workdir, step) for name in options.models]
+        if lce_python:
+            _bench_lce(report, options, workdir, lce_python, step)
         report["host"]["load_after"] = list(os.getloadavg())
         report["targets"] = evaluate_targets(report)
     return report
+
+
+def _lce_python(options: BenchOptions, step):
+    """With --lce: the LCE environment's Python (created before anything is timed), else None."""
+    if not options.lce:
+        return None
+    from sdbnn_deploy.bench_lce import ensure_venv
+
+    return ensure_venv(progress=step)
+
+
+def _bench_lce(report: dict, options: BenchOptions, workdir: Path, python, step) -> None:
+    """Time LCE's equivalents of the benchmarked architectures it supports; merge them into the report."""
+    from sdbnn_deploy.bench_lce import lce_models, merge_lce, run_lce
+
+    models = lce_models(options.models, lambda arch: _input_shape(arch, options))
+    if models:
+        merge_lce(report, run_lce(models, options.threads, options.repeat, options.max_seconds, workdir, python, step))
 
 
 def _host(target: str) -> dict:
@@ -284,15 +306,7 @@ def evaluate_targets(report: dict) -> list[dict]:
             loss = d["latency"]["1"]["ours"]["median_ms"] / s["latency"]["1"]["ours"]["median_ms"] - 1
             out.append(_target(f"{arch} dynamic ASD at most 15% slower than static (1 thread)", loss, 0.15,
                                loss <= 0.15, f"{loss:+.1%}"))
-    lce = report.get("lce")
-    m = _model(report, "vgg_small-static")
-    if lce and m and "1" in lce.get("latency", {}) and "1" in m["latency"]:
-        ratio = lce["latency"]["1"]["median_ms"] / m["latency"]["1"]["ours"]["median_ms"]
-        out.append(_target("vgg_small static, 1 thread: >= 4x Larq Compute Engine (indirect BGEMM)", ratio, 4,
-                           ratio >= 4, f"{ratio:.1f}x"))
-    else:
-        out.append(_target("vgg_small static, 1 thread: >= 4x Larq Compute Engine (indirect BGEMM)", None, 4, None,
-                           "not measured (Larq Compute Engine is not part of this benchmark yet)"))
+    out.append(_lce_target(_model(report, "vgg_small-static")))
     wide = [(m["name"], layer) for m in report["models"] for layer in m["layers"]
             if layer["cin"] >= EFFICIENCY_MIN_CIN and "1" in layer["ceiling_fraction"]]
     if wide:
@@ -315,6 +329,17 @@ def evaluate_targets(report: dict) -> list[dict]:
 
 # ---- the printed report --------------------------------------------------------------------------------
 
+def _lce_target(m) -> dict:
+    """VGG-Small static, 1 thread, against LCE's fastest x86 path (use_indirect_bgemm) in the same run."""
+    name = "vgg_small static, 1 thread: >= 4x Larq Compute Engine, fastest x86 path (indirect BGEMM)"
+    ratio = m["ratios"].get("1", {}).get("vs_lce") if m else None
+    if ratio is None:
+        return _target(name, None, 4, None, "not measured (run bench with --lce)")
+    lce, ours = m["latency"]["1"]["lce"], m["latency"]["1"]["ours"]
+    return _target(name, ratio, 4, ratio >= 4, f"{ratio:.1f}x (LCE {lce['path']} {lce['median_ms']:.2f} ms, "
+                   f"ours {ours['median_ms']:.3f} ms)")
+
+
 def print_report(report: dict) -> None:
     from sdbnn_deploy.report import console, table
 
@@ -332,9 +357,13 @@ def print_report(report: dict) -> None:
     table("batch-1 latency, median ms [p10-p90]", ["model", "input", "threads", "ours (TVM)",
           "onnxruntime fp32 twin", "PyTorch fp32 twin", "vs ort", "vs torch"], rows)
     if report.get("lce"):
+        from sdbnn_deploy.bench_lce import PATHS, lce_rows
+
         lce = report["lce"]
-        table(f"Larq Compute Engine {lce.get('version', '')} ({lce.get('path', '')})", ["model", "threads", "LCE ms"],
-              [[lce["model"], t, _ms(v)] for t, v in lce["latency"].items()])
+        table(f"Larq Compute Engine {lce['versions']['larq_compute_engine']} x86 interpreter, batch-1 median ms "
+              f"(TensorFlow {lce['versions']['tensorflow']})", ["model", "threads", "ours (TVM)", *PATHS,
+              "fastest LCE path", "ours vs fastest"], lce_rows(report))
+        console.print(f"LCE: {lce['note']}; fastest path = {lce['fastest_path_flag']}")
     rows = []
     for m in report["models"]:
         for layer in m["layers"]:

@@ -181,12 +181,14 @@ def _int_list(text):
 @click.option("--target", default="x86", show_default=True, help="x86 target our models are compiled for.")
 @click.option("--workdir", type=click.Path(file_okay=False), help="Keep the ONNX files and artifacts here.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the report as JSON.")
-def bench_command(models, threads, repeat, target, workdir, json_path):
+@click.option("--lce", is_flag=True, help="Also time Larq Compute Engine 0.16 (installed on first use into "
+              ".venv-lce, about 1.4 GB) on Larq equivalents of VGG-Small, ResNet-20 and ResNet-18.")
+def bench_command(models, threads, repeat, target, workdir, json_path, lce):
     """Batch-1 latency against the float twins (PyTorch, onnxruntime), per-layer efficiency, issue-6 targets."""
     from sdbnn_deploy.bench import BenchOptions, print_report, run_bench
     from sdbnn_deploy.report import console, write_json
 
-    options = BenchOptions(repeat=repeat, target=target, workdir=workdir)
+    options = BenchOptions(repeat=repeat, target=target, workdir=workdir, lce=lce)
     if models:
         options.models = [m.strip() for m in models.split(",") if m.strip()]
     if threads:
