@@ -44,7 +44,7 @@ def _layers():
 
 def binary_conv(x, filters, strides=1):
     """A 3x3 binary conv (sign of inputs and weights), one-padded: LCE's fast path."""
-    lq, _, layers = _layers()
+    lq = _layers()[0]
     return lq.layers.QuantConv2D(filters, 3, strides=strides, padding="same", pad_values=1.0,
                                  input_quantizer="ste_sign", kernel_quantizer="ste_sign",
                                  kernel_constraint="weight_clip", use_bias=False)(x)
@@ -69,7 +69,7 @@ def vgg_small(x, num_classes):
     """conv0 (float) -> five binary convs 128,256,256,512,512 (pool after 1, 3, 5; pool before BN) -> fc."""
     layers = _layers()[2]
     x = float_stem(x, 128)
-    for i, (filters, pool) in enumerate(((128, True), (256, False), (256, True), (512, False), (512, True))):
+    for filters, pool in ((128, True), (256, False), (256, True), (512, False), (512, True)):
         x = binary_conv(x, filters)
         if pool:
             x = layers.MaxPool2D(2, 2)(x)
