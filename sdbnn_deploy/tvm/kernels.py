@@ -49,9 +49,11 @@ def binarize_pack(x: te.Tensor, shift: te.Tensor) -> te.Tensor:
 
     def word(i, y, xx, k):
         ch = k * WORD_BITS + bit
-        s = shift[i, ch] if per_sample else shift[ch]
-        negative = tirx.Not(x[i, ch, y, xx] + s > tirx.const(0, "float32"))
-        # if_then_else, not Select: channels past C must not be read at all.
+        # Channels past C (the last word's padding bits) must not be read: the test ch < c below does not
+        # guard the loads (LLVM evaluates both sides of the And), so they read channel min(ch, C-1).
+        read = tirx.min(ch, c - 1)
+        s = shift[i, read] if per_sample else shift[read]
+        negative = tirx.Not(x[i, read, y, xx] + s > tirx.const(0, "float32"))
         set_bit = tirx.if_then_else(tirx.all(ch < c, negative), _u64(1) << bit.var.astype("uint64"), _u64(0))
         return te.sum(set_bit, axis=bit)
 
