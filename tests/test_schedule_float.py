@@ -41,3 +41,108 @@ def test_pipeline_result_equals_numpy():
     got = vm["main"](*[tvm.runtime.tensor(a) for a in (x, w, b)]).numpy()
     expected = np.clip(x * 0.5, -1, 1).reshape(1, 16384) @ w + b
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+# ---- float convs (float_conv.py): register-tiled on x86, results equal to the plain loop nest -------------
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from sdbnn_deploy.tvm import float_conv  # noqa: E402
+
+AVX512 = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v4"})
+RPI4 = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"]})
+# the float convs of our models: (Cin, H, W, Cout, kernel, stride, pad), batch 1 unless given
+REAL_CONVS = {
+    "resnet18 stem": (3, 32, 32, 64, 3, 1, 1),
+    "resnet18 shortcut 64->128": (64, 32, 32, 128, 1, 2, 0),
+    "resnet18 shortcut 256->512": (256, 8, 8, 512, 1, 2, 0),
+    "bireal18 stem 7x7/2": (3, 224, 224, 64, 7, 2, 3),
+    "bireal18 downsample 256->512": (256, 7, 7, 512, 1, 1, 0),
+    "resnet20 stem, batch 2": (3, 16, 16, 16, 3, 1, 1, 2),
+    "no plan (10 channels)": (8, 9, 9, 10, 3, 1, 1),
+}
+
+
+def _conv_module(shape, weight):
+    cin, h, w, cout, k, stride, pad, *batch = shape
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((batch[0] if batch else 1, cin, h, w), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit_output(relax.op.nn.conv2d(x, relax.const(weight), strides=stride, padding=pad))
+        bb.emit_func_output(y)
+    return bb.get()
+
+
+def _run(mod, target, x):
+    vm = relax.VirtualMachine(tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target)), tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+@pytest.mark.parametrize("name", list(REAL_CONVS))
+def test_float_conv_equals_torch_and_the_plain_loop_nest(name, monkeypatch):
+    shape = REAL_CONVS[name]
+    cin, h, w, cout, k, stride, pad, *batch = shape
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((batch[0] if batch else 1, cin, h, w)).astype("float32")
+    weight = rng.standard_normal((cout, cin, k, k)).astype("float32")
+    got = _run(_conv_module(shape, weight), AVX512, x)
+    expected = torch.nn.functional.conv2d(torch.from_numpy(x).double(), torch.from_numpy(weight).double(),
+                                          stride=stride, padding=pad).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    if cin * h * w <= 64 * 32 * 32:  # the same sums in the same order as TVM's loop nest: bit-identical
+        monkeypatch.setattr("sdbnn_deploy.tvm.schedule_float.float_lanes", lambda target: None)
+        monkeypatch.setattr(float_conv, "float_lanes", lambda target: None)
+        assert np.array_equal(got, _run(_conv_module(shape, weight), AVX512, x))
+
+
+def _scheduled_conv_text(shape, target):
+    weight = np.zeros(shape[3:4] + shape[0:1] + shape[4:5] * 2, "float32")
+    with target:
+        rewritten = float_conv.weights_to_hwio(target)(_conv_module(shape, weight))
+        legalized = tvm.transform.Sequential(cpu_pipeline.legalize_passes(target))(rewritten)
+        funcs = [f for f in legalized.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+        return str(rewritten), str(schedule_float_primfunc(funcs[0]))
+
+
+@pytest.mark.parametrize("name, plan", [("resnet18 stem", "pixels"), ("resnet18 shortcut 64->128", "channels"),
+                                        ("bireal18 stem 7x7/2", "channels")])
+def test_float_conv_plans_on_x86(name, plan):
+    module, scheduled = _scheduled_conv_text(REAL_CONVS[name], AVX512)
+    assert ('kernel_layout="HWIO"' in module) == (plan == "channels")
+    assert "T.vectorized" in scheduled and "T.parallel" in scheduled and 'scope="local"' in scheduled
+
+
+def test_float_convs_untouched_on_aarch64():
+    assert float_conv.float_lanes(RPI4) is None
+    module, scheduled = _scheduled_conv_text(REAL_CONVS["resnet18 shortcut 64->128"], RPI4)
+    assert 'kernel_layout="OIHW"' in module and 'scope="local"' not in scheduled
+
+
+def test_float_lanes_per_x86_level():
+    assert [float_conv.float_lanes(tvm.target.Target({"kind": "llvm", "mcpu": cpu}))
+            for cpu in ("x86-64-v4", "x86-64-v3", "x86-64")] == [16, 8, 4]
+
+
+def _mean_module(shape):
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit_output(relax.op.mean(x, axis=[2, 3]))
+        bb.emit_func_output(y)
+    return bb.get()
+
+
+def test_se_mean_sums_channels_side_by_side_with_the_same_result(monkeypatch):
+    shape = (2, 16, 16, 16)
+    x = np.random.default_rng(2).standard_normal(shape).astype("float32")
+    with AVX512:
+        legalized = tvm.transform.Sequential(cpu_pipeline.legalize_passes(AVX512))(_mean_module(shape))
+        func = next(f for f in legalized.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
+        assert 'scope="local"' in str(schedule_float_primfunc(func))
+    got = _run(_mean_module(shape), AVX512, x)
+    np.testing.assert_allclose(got, x.astype("float64").mean((2, 3)), rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr("sdbnn_deploy.tvm.schedule_float.float_lanes", lambda target: None)
+    assert np.array_equal(got, _run(_mean_module(shape), AVX512, x))  # each channel summed in the same order
