@@ -80,21 +80,27 @@ def _run(mod, target, x):
     return vm["main"](tvm.runtime.tensor(x)).numpy()
 
 
-@pytest.mark.parametrize("name", list(REAL_CONVS))
-def test_float_conv_equals_torch_and_the_plain_loop_nest(name, monkeypatch):
-    shape = REAL_CONVS[name]
+X86_LEVELS = {"avx512": AVX512, "avx2": tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v3"}),
+              "sse": tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"})}
+CASES = [(name, "avx512") for name in REAL_CONVS] + [(name, level) for level in ("avx2", "sse") for name in
+                                                      ("resnet18 stem", "resnet18 shortcut 64->128")]
+
+
+@pytest.mark.parametrize("name, level", CASES)
+def test_float_conv_equals_torch_and_the_plain_loop_nest(name, level, monkeypatch):
+    shape, target = REAL_CONVS[name], X86_LEVELS[level]
     cin, h, w, cout, k, stride, pad, *batch = shape
     rng = np.random.default_rng(1)
     x = rng.standard_normal((batch[0] if batch else 1, cin, h, w)).astype("float32")
     weight = rng.standard_normal((cout, cin, k, k)).astype("float32")
-    got = _run(_conv_module(shape, weight), AVX512, x)
+    got = _run(_conv_module(shape, weight), target, x)
     expected = torch.nn.functional.conv2d(torch.from_numpy(x).double(), torch.from_numpy(weight).double(),
                                           stride=stride, padding=pad).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
     if cin * h * w <= 64 * 32 * 32:  # the same sums in the same order as TVM's loop nest: bit-identical
         monkeypatch.setattr("sdbnn_deploy.tvm.schedule_float.float_lanes", lambda target: None)
         monkeypatch.setattr(float_conv, "float_lanes", lambda target: None)
-        assert np.array_equal(got, _run(_conv_module(shape, weight), AVX512, x))
+        assert np.array_equal(got, _run(_conv_module(shape, weight), target, x))
 
 
 def _scheduled_conv_text(shape, target):
