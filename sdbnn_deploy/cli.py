@@ -87,11 +87,13 @@ def targets_command():
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Artifact folder to write.")
 @click.option("--threads", type=int, help="Worker threads the artifact uses; default: the target's.")
 @click.option("--batch", default=1, show_default=True, help="Batch size the artifact is compiled for.")
-def compile_command(model, target, output, threads, batch):
+@click.option("--tune", is_flag=True, help="Measure the binary convs' schedule parameters on this host first "
+              "and store them in the target's description (x86 targets this CPU runs).")
+def compile_command(model, target, output, threads, batch, tune):
     """Compile an ONNX from `convert` with TVM into an artifact folder (library + manifest.json)."""
     from sdbnn_deploy.compile import compile_model
 
-    artifact = compile_model(model, target, output, threads=threads, batch=batch)
+    artifact = compile_model(model, target, output, threads=threads, batch=batch, tune=tune)
     m = artifact.manifest
     click.echo(f"compiled {model} for {m['target']['name']} ({m['arch']}, {m['threads']} threads) -> "
                f"{artifact.library} + {artifact.path / 'manifest.json'}")

@@ -42,8 +42,12 @@ class Artifact:
         return self.path / self.manifest["library"]
 
 
-def compile_model(onnx_path, target: str, out_dir, threads: int | None = None, batch: int = 1) -> Artifact:
-    """Compile a converted ONNX model for `target` (a name of sdbnn_deploy.targets) into OUT_DIR."""
+def compile_model(onnx_path, target: str, out_dir, threads: int | None = None, batch: int = 1,
+                  tune: bool = False) -> Artifact:
+    """Compile a converted ONNX model for `target` (a name of sdbnn_deploy.targets) into OUT_DIR.
+
+    tune: first measure the binary convs' schedule parameters on this host (sdbnn_deploy.tune) and store
+    the winners in the target's description (x86 targets this CPU runs)."""
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     spec = get_target(target)
     if batch < 1 or (threads is not None and threads < 1):
@@ -53,12 +57,27 @@ def compile_model(onnx_path, target: str, out_dir, threads: int | None = None, b
     lanes = schedule_module(spec.schedule).conv_lanes(spec.params)
     mod = import_onnx(model, lanes=lanes, batch=batch, source=str(onnx_path),
                       conv=conv_kernels(spec.schedule, spec.params))
+    if tune:
+        spec = _tuned(mod, spec)
     mod = apply_schedules(mod, spec.schedule, spec.params)
     tvm_target = tvm.target.Target(spec.tvm_target)
     executable = tvm.compile(mod, target=tvm_target, relax_pipeline=relax_pipeline(tvm_target))
     manifest = _manifest(model, mod, spec, target, onnx_path, threads or spec.threads, batch, lanes)
     _write_artifact(out_dir, executable, manifest, spec)
     return Artifact(out_dir, manifest)
+
+
+def _tuned(mod, spec: TargetSpec) -> TargetSpec:
+    """spec with the model's binary conv shapes tuned on this host, also written to its description."""
+    import dataclasses
+
+    from sdbnn_deploy import tune
+
+    if spec.schedule != "x86":
+        raise UserError(f"--tune: {spec.name} is a board; tuning over TVM RPC is not implemented yet")
+    table = tune.shapes_table(tune.tune_module(mod, spec), spec.params.get("shapes"))
+    tune.write_params(spec.name, table)
+    return dataclasses.replace(spec, params={**spec.params, "shapes": table})
 
 
 def _load(onnx_path: Path) -> onnx.ModelProto:

@@ -13,17 +13,32 @@ sdbnn_deploy.tvm.apply_schedules with `params`, the TargetSpec.params dict of th
 Each schedule_* takes a Schedule of one PrimFunc made from the matching compute of kernels.py (block
 names in kernels.BLOCKS) and schedules it in place. They only reorder work: results are bit-identical.
 
-Params read here (defaults in DEFAULTS): lanes (V: 8 uint64 = one zmm, 4 = one ymm), accumulators (the
-register tile, output pixels x weight blocks; 16 zmm accumulators measured best on AVX-512).
+Params read here (defaults in DEFAULTS; sdbnn_deploy.tune measures and stores them in targets/x86-*.toml):
+    lanes         V: 8 uint64 = one zmm, 4 = one ymm, 2 = one xmm
+    accumulators  the register budget of the default tile rule (tile pixels x tile blocks at most this)
+    tile_pixels, tile_blocks
+                  the register tile for every conv (0: the default rule, see default_tile)
+    epilogue      where the output stage runs: "pixels" (after each tile of pixels, all channels) or
+                  "row" (after each output row)
+    shapes        per-layer-shape overrides {conv_key(...): {tile_pixels, tile_blocks, epilogue}}: the
+                  winners of the search for the shapes it measured; other shapes use the values above
 
-The conv, as measured (tvm-notes.md, "What made a binary conv fast"): padded NHWC input words; a
-register tile of a few output pixels x a few blocks of V output channels, kept in a "local" buffer,
-with the reduction loops (kh, kw, input words) outside the tile; one input word is broadcast against V
-weight lanes; popcounts accumulate in uint64 lanes and are narrowed to int32 once; rows run in parallel.
+The conv, as measured (tvm-notes.md, "What made a binary conv fast", and sdbnn_deploy.tune):
+- padded NHWC input words; a register tile of tile_pixels output pixels x tile_blocks blocks of V output
+  channels in a "local" buffer (registers), the reduction loops (kh, then kw and the input words fused
+  into one loop: both are contiguous in memory) outside the tile, one input word broadcast against V
+  weight lanes, popcounts accumulated in uint64 lanes;
+- the narrowing to int32 and the padding correction ("conv") right after each tile, into a local
+  buffer; the output stage (int/affine NCHW, or bits) once per tile of pixels or per row, from that
+  buffer: without this the separate output pass over a global buffer cost up to 45% of the layer;
+- rows (batch x output rows) run in parallel.
 """
 from tvm import s_tir
 
-DEFAULTS = {"lanes": 8, "accumulators": 16}
+DEFAULTS = {"lanes": 8, "accumulators": 16, "tile_pixels": 0, "tile_blocks": 0, "epilogue": "pixels",
+            "shapes": {}}
+EPILOGUES = ("pixels", "row")
+SHAPE_PARAMS = ("tile_pixels", "tile_blocks", "epilogue")
 
 
 def _param(params, name):
@@ -42,17 +57,50 @@ def _extent(sch: s_tir.Schedule, loop) -> int:
     return int(sch.get(loop).extent)
 
 
-def _tile(width: int, blocks: int, accumulators: int):
-    """(pixels, blocks) of the register tile: divisors of the extents, the most accumulators that fit,
-    wider in weight blocks on ties (one broadcast input word then feeds more vectors)."""
-    best = (1, 1)
+def default_tile(width: int, blocks: int, accumulators: int):
+    """(pixels, blocks) of the register tile when no measured one is given: divisors of the extents with
+    the most accumulators that fit, the squarest on ties (4 x 4 on AVX-512: 4 broadcast words and 4
+    weight vectors loaded per 16 popcounts)."""
+    best, best_score = (1, 1), (1, 0)
     for tb in range(1, blocks + 1):
         for tw in range(1, width + 1):
             if blocks % tb or width % tw or tw * tb > accumulators:
                 continue
-            if (tw * tb, tb) > (best[0] * best[1], best[1]):
-                best = (tw, tb)
+            score = (tw * tb, -abs(tw - tb))
+            if score > best_score:
+                best, best_score = (tw, tb), score
     return best
+
+
+def conv_key(sch: s_tir.Schedule) -> str:
+    """The shape key of a BinaryConv2d PrimFunc: padded input (H x W x words) > output (OH x OW x blocks),
+    kernel, output mode, e.g. "34x34x2>32x32x16:3x3:bits". The stride follows from these."""
+    pad = sch.get(sch.get_sblock("pad"))
+    _, hp, wp, cw = (int(iv.dom.extent) for iv in pad.iter_vars)
+    _, oh, ow, blocks, _, kh, kw, _ = (int(iv.dom.extent) for iv in sch.get(sch.get_sblock("popcount")).iter_vars)
+    return f"{hp}x{wp}x{cw}>{oh}x{ow}x{blocks}:{kh}x{kw}:{_mode(sch)}"
+
+
+def _mode(sch: s_tir.Schedule) -> str:
+    out = sch.get(sch.get_sblock("output"))
+    if len(out.iter_vars) == 5:  # n, oh, ow, word, bit
+        return "bits"
+    return "affine" if str(out.writes[0].source.dtype) == "float32" else "int"
+
+
+def conv_choice(sch: s_tir.Schedule, params) -> dict:
+    """tile_pixels, tile_blocks, epilogue for this conv: its entry in `shapes`, else the global params,
+    else the default rule; a tile that does not divide the extents falls back to the rule."""
+    chosen = {name: _param(params, name) for name in SHAPE_PARAMS}
+    chosen.update((_param(params, "shapes") or {}).get(conv_key(sch), {}))
+    _, _, ow, b, *_ = sch.get_loops(sch.get_sblock("popcount"))
+    width, blocks = _extent(sch, ow), _extent(sch, b)
+    tw, tb = int(chosen["tile_pixels"]), int(chosen["tile_blocks"])
+    if tw <= 0 or tb <= 0 or width % tw or blocks % tb:
+        tw, tb = default_tile(width, blocks, int(_param(params, "accumulators")))
+    if chosen["epilogue"] not in EPILOGUES:
+        raise ValueError(f"schedule_x86: epilogue must be one of {EPILOGUES}, not {chosen['epilogue']!r}")
+    return {"tile_pixels": tw, "tile_blocks": tb, "epilogue": chosen["epilogue"]}
 
 
 def _parallel_rows(sch: s_tir.Schedule, block, count: int = 2):
@@ -63,14 +111,8 @@ def _parallel_rows(sch: s_tir.Schedule, block, count: int = 2):
     return fused
 
 
-def _vectorize_innermost(sch: s_tir.Schedule, block, lanes: int):
-    """Vectorise the innermost loop of a block if it runs over the `lanes` of a weight block."""
-    loops = sch.get_loops(block)
-    if lanes > 1 and _extent(sch, loops[-1]) == lanes:
-        sch.vectorize(loops[-1])
-
-
 def schedule_binary_conv2d(sch: s_tir.Schedule, params) -> None:
+    choice = conv_choice(sch, params)
     pad = sch.get_sblock("pad")
     counts = sch.get_sblock("popcount")
     conv = sch.get_sblock("conv")
@@ -79,30 +121,56 @@ def schedule_binary_conv2d(sch: s_tir.Schedule, params) -> None:
     _parallel_rows(sch, pad)
 
     n, oh, ow, b, v, r, s, k = sch.get_loops(counts)
-    tw, tb = _tile(_extent(sch, ow), _extent(sch, b), int(_param(params, "accumulators")))
-    owo, owi = sch.split(ow, [None, tw])
-    bo, bi = sch.split(b, [None, tb])
-    sch.reorder(n, oh, owo, bo, r, s, k, owi, bi, v)
-    sch.parallel(sch.fuse(n, oh))
+    owo, owi = sch.split(ow, [None, choice["tile_pixels"]])
+    bo, bi = sch.split(b, [None, choice["tile_blocks"]])
+    taps = sch.fuse(s, k)  # kw and the input words: one run of contiguous words in input and weights
+    sch.reorder(n, oh, owo, bo, r, taps, owi, bi, v)
+    rows = sch.fuse(n, oh)
+    sch.parallel(rows)
     sch.unroll(owi)
     sch.unroll(bi)
     sch.vectorize(v)
     sch.set_scope(counts, 0, "local")
+    attach = owo if choice["epilogue"] == "pixels" else rows
+    fused_epilogue = _output_fits_at(sch, conv, out, bo, attach)
+    if fused_epilogue:
+        sch.set_scope(conv, 0, "local")
     sch.reverse_compute_at(conv, bo)
+    if fused_epilogue:
+        sch.reverse_compute_at(out, attach)
+    else:
+        _parallel_rows(sch, out)
     sch.decompose_reduction(counts, r)
-    _vectorize_innermost(sch, conv, _extent(sch, v))
+    sch.vectorize(sch.get_loops(conv)[-1])
     _schedule_conv_output(sch, out)
 
 
+def _output_fits_at(sch: s_tir.Schedule, conv, out, bo, attach) -> bool:
+    """Whether the output stage can run under `attach` with every one of its iterations kept.
+
+    reverse_compute_at infers the stage's loops from the region that the conv stage writes there; for
+    "bits" with Cout not a multiple of 64 it drops iterations of the bit loop (seen in TVM 0.27), so this
+    tries it on a copy and compares the iteration counts. False: the output stage stays a separate pass."""
+    trial = sch.copy()
+    trial.reverse_compute_at(conv, bo)
+    trial.reverse_compute_at(out, attach)
+    block = trial.get(out)
+    total = 1
+    for iv in block.iter_vars:
+        total *= int(iv.dom.extent)
+    loops = 1
+    for loop in trial.get_loops(out):
+        loops *= _extent(trial, loop)
+    return loops == total
+
+
 def _schedule_conv_output(sch: s_tir.Schedule, out) -> None:
-    """int/affine (NCHW): channel rows in parallel, the width vectorised. bits: rows in parallel, the 64
-    comparisons of a word unrolled (LLVM turns them into vector compares)."""
+    """bits: the 64 comparisons of a word unrolled (LLVM turns them into vector compares); int/affine
+    (NCHW): the pixels of a channel row vectorised."""
     loops = sch.get_loops(out)
-    if len(loops) == 5:  # n, oh, ow, word, bit
-        _parallel_rows(sch, out)
+    if len(sch.get(out).iter_vars) == 5:
         sch.unroll(loops[-1])
-    else:  # n, o, oh, ow
-        _parallel_rows(sch, out)
+    elif _extent(sch, loops[-1]) > 1:
         sch.vectorize(loops[-1])
 
 

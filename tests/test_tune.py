@@ -1,0 +1,99 @@
+"""The schedule-parameter search (sdbnn_deploy.tune) on a tiny shape: it runs, its winner is a valid
+parameter set that compiles and is exact, and the target description is rewritten atomically.
+No timing is asserted (machines are noisy)."""
+import shutil
+
+import numpy as np
+import pytest
+import tvm
+
+from sdbnn_deploy import targets, tune
+from sdbnn_deploy.bits import pack_signs
+from sdbnn_deploy.errors import UserError
+from sdbnn_deploy.ops import binary_conv2d
+from sdbnn_deploy.targets import get_target, host_target_name
+from sdbnn_deploy.tvm import kernels, schedule_x86
+
+HOST = host_target_name()
+TINY = (64, 24, 3, 1, 1, 4, "bits")  # Cin, Cout, kernel, stride, pad, H=W, mode
+
+
+@pytest.fixture
+def targets_copy(tmp_path, monkeypatch):
+    """A private copy of targets/ that get_target and write_params use."""
+    folder = tmp_path / "targets"
+    shutil.copytree(targets.TARGETS_DIR, folder)
+    monkeypatch.setattr(targets, "TARGETS_DIR", folder)
+    monkeypatch.setattr(tune, "TARGETS_DIR", folder)
+    return folder
+
+
+def _exact_with(params: dict, target: str, shape, seed=0):
+    """Build the conv of `shape` with `params` and compare it with the numpy reference."""
+    cin, cout, k, s, p, hw, mode = shape
+    rng = np.random.default_rng(seed)
+    x = pack_signs(rng.choice(np.array([-1, 1], np.int8), size=(1, hw, hw, cin)))
+    w = pack_signs(rng.choice(np.array([-1, 1], np.int8), size=(cout, k, k, cin)))
+    thresholds = rng.integers(-40, 40, cout).astype(np.int32)
+    attrs = dict(in_channels=cin, strides=(s, s), pads=(p, p))
+    blocked, correction = kernels.prepare_conv_weights(w, cin, (hw, hw), (p, p), (s, s), schedule_x86.conv_lanes(params))
+    arrays = [x, blocked, correction, thresholds]
+    tensors = [tvm.te.placeholder(a.shape, str(a.dtype), f"a{i}") for i, a in enumerate(arrays)]
+    out = kernels.binary_conv2d(*tensors, out_channels=cout, mode=mode, **attrs)
+    sch = tvm.s_tir.Schedule(tvm.te.create_prim_func(tensors + [out]))
+    schedule_x86.schedule_binary_conv2d(sch, params)
+    lib = tvm.compile(sch.mod["main"], target=tvm.target.Target(get_target(target).tvm_target))
+    want = binary_conv2d.reference(x, w, thresholds, mode=mode, **attrs)
+    got = tvm.runtime.empty(want.shape, str(want.dtype), tvm.cpu())
+    lib(*[tvm.runtime.tensor(a) for a in arrays], got)
+    np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_search_on_a_tiny_shape_gives_a_valid_exact_winner():
+    (result,) = tune.tune_shapes(HOST, [TINY], rounds=1)
+    spec = get_target(HOST)
+    lanes = schedule_x86.conv_lanes(spec.params)
+    blocks, width = -(-TINY[1] // lanes), TINY[5]
+    assert result.key == f"6x6x1>4x4x{blocks}:3x3:bits"
+    assert result.candidates >= 2 and result.seconds > 0 and result.default_seconds > 0
+    tw, tb = result.params["tile_pixels"], result.params["tile_blocks"]
+    assert width % tw == 0 and blocks % tb == 0 and tw * tb <= spec.params["accumulators"]
+    assert result.params["epilogue"] in schedule_x86.EPILOGUES
+    # The winner, stored as a per-shape entry, reaches the schedule and is exact.
+    params = {**spec.params, "shapes": tune.shapes_table([result])}
+    _exact_with(params, HOST, TINY)
+    _exact_with(params, HOST, TINY, seed=1)
+
+
+def test_every_candidate_is_exact_including_cout_not_a_multiple_of_64():
+    spec = get_target(HOST)
+    shape = (70, 72, 3, 2, 1, 9, "bits")
+    sch = tvm.s_tir.Schedule(tune.conv_primfunc(*shape, lanes=schedule_x86.conv_lanes(spec.params)))
+    for candidate in tune.candidates(sch, spec.params):
+        key = schedule_x86.conv_key(sch)
+        _exact_with({**spec.params, "shapes": {key: candidate}}, HOST, shape)
+
+
+def test_write_params_is_atomic_and_keeps_the_rest(targets_copy):
+    path = targets_copy / "x86-avx2.toml"
+    before = get_target("x86-avx2")
+    header = path.read_text().partition("[params]")[0]
+    table = {"6x6x1>4x4x6:3x3:bits": {"tile_pixels": 2, "tile_blocks": 3, "epilogue": "row"}}
+    tune.write_params("x86-avx2", table)
+    after = get_target("x86-avx2")
+    assert after.params["shapes"] == table
+    assert {k: v for k, v in after.params.items() if k != "shapes"} == \
+        {k: v for k, v in before.params.items() if k != "shapes"}
+    assert after.tvm_target == before.tvm_target and path.read_text().startswith(header)
+    # A value that cannot be written leaves the file as it was.
+    text = path.read_text()
+    with pytest.raises(TypeError):
+        tune.write_params("x86-avx2", {"k": {"tile_pixels": 1.5}})
+    assert path.read_text() == text
+    assert not any(p.name.startswith(".") for p in targets_copy.iterdir())
+
+
+def test_only_x86_targets_this_cpu_runs_can_be_tuned():
+    with pytest.raises(UserError, match="only the x86 targets"):
+        tune.runnable("rpi4")
+    assert tune.runnable("x86-generic")
