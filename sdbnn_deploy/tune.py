@@ -105,7 +105,8 @@ def candidates(sch, params: dict) -> list[dict]:
 def _build(func, params: dict, target):
     sch = tvm.s_tir.Schedule(func)
     schedule_x86.schedule_binary_conv2d(sch, params)
-    return tvm.compile(sch.mod["main"], target=target)
+    # A PrimFunc taken out of an imported Relax module has no global_symbol: give it one to build it alone.
+    return tvm.compile(sch.mod["main"].with_attr("global_symbol", "main"), target=target)
 
 
 def _global(params: dict) -> dict:
