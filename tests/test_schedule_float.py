@@ -152,3 +152,29 @@ def test_se_mean_sums_channels_side_by_side_with_the_same_result(monkeypatch):
     np.testing.assert_allclose(got, x.astype("float64").mean((2, 3)), rtol=1e-5, atol=1e-6)
     monkeypatch.setattr("sdbnn_deploy.tvm.schedule_float.float_lanes", lambda target: None)
     assert np.array_equal(got, _run(_mean_module(shape), AVX512, x))  # each channel summed in the same order
+
+
+@pytest.mark.parametrize("pool", ["max", "avg"])
+def test_pooling_windows_side_by_side_equal_numpy(pool):
+    shape = (1, 8, 32, 32)  # Bi-Real's 3x3/2 max-pool after the stem; its 2x2 average pools before downsampling
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = (relax.op.nn.max_pool2d(x, pool_size=3, strides=2, padding=1) if pool == "max"
+                 else relax.op.nn.avg_pool2d(x, pool_size=2, strides=2))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    with AVX512:
+        legalized = tvm.transform.Sequential(cpu_pipeline.legalize_passes(AVX512))(bb.get())
+        func = next(f for f in legalized.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
+        scheduled = str(schedule_float_primfunc(func))
+    assert 'scope="local"' in scheduled and "T.vectorized" in scheduled
+    data = np.random.default_rng(3).standard_normal(shape).astype("float32")
+    got = _run(bb.get(), AVX512, data)
+    if pool == "max":
+        padded = np.pad(data, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+        windows = [padded[:, :, i:i + 32:2, j:j + 32:2] for i in range(3) for j in range(3)]
+        np.testing.assert_array_equal(got, np.max(windows, axis=0))
+    else:
+        np.testing.assert_allclose(got, data.reshape(1, 8, 16, 2, 16, 2).mean((3, 5)), rtol=1e-6, atol=1e-6)

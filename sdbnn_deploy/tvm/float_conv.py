@@ -5,9 +5,10 @@ nest (n, f, y, x, c, kh, kw) sums one output element at a time: a chain of depen
 7x7/2 stem of Bi-Real-18 took 61 ms on one core). Two schedules replace it, chosen per conv shape by
 conv_plan (figures: one Zen 5 core, AVX-512, the legalised conv alone, before -> after):
 
-- "pixels": output pixels of a row in the vector lanes (two vectors), a few output channels (one weight
-  broadcast each) as a register tile; per tap two unaligned input loads feed 2*F FMAs. For stride-1
-  convs with a small reduction (the 3x3 stems on 32x32: ResNet-18 45 -> 19 us, VGG-Small 97 -> 37 us);
+- "pixels": output pixels of a row in the vector lanes (two vectors), F output channels (one weight
+  broadcast each; F = 8 with AVX-512, 4 otherwise) as a register tile; per tap two unaligned input loads
+  feed 2*F FMAs. For stride-1 convs larger than 1x1 whose output rows fill two vectors (the 3x3 stems on
+  32x32: ResNet-18 45 -> 19 us, VGG-Small 97 -> 37 us, ResNet-20 12 -> 5 us);
 - "channels": output channels in the vector lanes, P output pixels of a row as a register tile; per tap
   one weight vector load feeds P FMAs whose input is a broadcast scalar, so any stride works. It needs the
   weights as HWIO (output channels contiguous): the Relax pass weights_to_hwio rewrites such convs before
@@ -152,7 +153,7 @@ def schedule_float_conv(sch: s_tir.Schedule, block, lanes: int) -> bool:
     stmt = sch.get(block)
     _, cout, _, out_w, _, kh, kw = (int(iv.dom.extent) for iv in stmt.iter_vars)
     weight = next(r for r in stmt.reads if r.source.name != PAD_BLOCK)
-    hwio = _coefficient(weight.region[3].min, stmt.iter_vars[1].var) == 1  # B[kh, kw, c, f], not B[f, c, kh, kw]
+    hwio = linear_coefficient(weight.region[3].min, stmt.iter_vars[1].var) == 1  # B[kh, kw, c, f], not B[f, c, kh, kw]
     stride_w = _stride_w(stmt)
     plan = conv_plan(cout, (kh, kw), stride_w, out_w, lanes) if stride_w else None
     budget = accumulator_budget(lanes)
@@ -174,22 +175,22 @@ def _stride_w(stmt) -> int | None:
     read = next((r for r in stmt.reads if r.source.name == PAD_BLOCK), None)
     if read is None:
         return None
-    return _coefficient(read.region[3].min, stmt.iter_vars[3].var)
+    return linear_coefficient(read.region[3].min, stmt.iter_vars[3].var)
 
 
-def _coefficient(expr, var) -> int | None:
+def linear_coefficient(expr, var) -> int | None:
     """The constant factor of `var` in a sum of variables times constants (None for any other form)."""
     if isinstance(expr, tvm.tirx.Var):
         return 1 if expr.same_as(var) else 0
     if isinstance(expr, tvm.tirx.IntImm):
         return 0
     if isinstance(expr, tvm.tirx.Add):
-        a, b = _coefficient(expr.a, var), _coefficient(expr.b, var)
+        a, b = linear_coefficient(expr.a, var), linear_coefficient(expr.b, var)
         return None if a is None or b is None else a + b
     if isinstance(expr, tvm.tirx.Mul):
         for const, other in ((expr.a, expr.b), (expr.b, expr.a)):
             if isinstance(const, tvm.tirx.IntImm):
-                inner = _coefficient(other, var)
+                inner = linear_coefficient(other, var)
                 return None if inner is None else int(const.value) * inner
     return None
 
