@@ -16,12 +16,13 @@ target by schedule_x86 / schedule_arm) gets the generic schedule below. Each blo
   registers (_row_below_reduction);
 - on x86 a conv (a function with a conv2d_nchw block) gets a register-tiled schedule from float_conv.py
   instead (its weights made HWIO by weights_to_hwio, a Relax pass before legalisation, where its plan puts
-  output channels in the vector lanes); a plain sum over the innermost axes (the SE block's mean) sums
-  ROWS_SIDE_BY_SIDE outputs side by side (_rows_side_by_side);
+  output channels in the vector lanes); a reduction of one input (pooling window, the SE block's mean)
+  reduces several outputs side by side, a long mean in vector lanes (_plain_reduction);
 - any other reduction keeps its loop order (LLVM vectorises the plain loop nest);
 - the outer spatial loops (up to two, fused) run in parallel when the block does enough work.
 
-It only reorders loops: every output element is computed by the same operations in the same order.
+It only reorders loops: every output element is computed by the same operations in the same order,
+except a long mean on x86 (partial sums in vector lanes: rounding differs, see _plain_reduction).
 A block whose schedule TVM refuses is left as it was.
 """
 import tvm
@@ -82,7 +83,7 @@ def schedule_float_primfunc(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
     for info in _inline_elementwise(sch, infos):
         trial = sch.copy()
         try:
-            _schedule_block(trial, info, x86=lanes is not None)
+            _schedule_block(trial, info, lanes)
         except (s_tir.ScheduleError, RuntimeError, ValueError):
             continue
         sch = trial
@@ -106,7 +107,7 @@ def _inline_elementwise(sch: s_tir.Schedule, infos: list) -> list:
     return left
 
 
-def _schedule_block(sch: s_tir.Schedule, info, x86: bool = False) -> None:
+def _schedule_block(sch: s_tir.Schedule, info, lanes: int | None = None) -> None:
     spatial = [it for it in info.iters if it.kind == "S"]
     reduce = [it for it in info.iters if it.kind == "R"]
     if not spatial or len(spatial) + len(reduce) != len(info.iters):
@@ -121,13 +122,13 @@ def _schedule_block(sch: s_tir.Schedule, info, x86: bool = False) -> None:
         inner = spatial[-1]
         width = next((v for v in VECTOR_WIDTHS if inner.dom % v == 0), None)
         if width:
-            inner_outer, lanes = sch.split(inner.loop_rv, [None, width])
-            sch.vectorize(lanes)
+            inner_outer, vector = sch.split(inner.loop_rv, [None, width])
+            sch.vectorize(vector)
             outer.append(inner_outer)
     elif len(reduce) == 1:  # a matrix product: the output row below the reduction, in registers
         _row_below_reduction(sch, info, spatial[-1], reduce[0])
-    elif x86 and len(sch.get(info.block_rv).reads) == 1 and spatial[-1].dom % ROWS_SIDE_BY_SIDE == 0:
-        _rows_side_by_side(sch, info, spatial[-1], reduce)  # a mean or a pooling window
+    elif lanes and len(sch.get(info.block_rv).reads) == 1 and spatial[-1].dom % ROWS_SIDE_BY_SIDE == 0:
+        _plain_reduction(sch, info, spatial[-1], reduce, lanes)  # a mean or a pooling window
         return
     head = outer[:2]
     if head and work >= MIN_PARALLEL_WORK:
@@ -148,25 +149,49 @@ def _row_below_reduction(sch: s_tir.Schedule, info, inner, reduction) -> None:
     sch.decompose_reduction(info.block_rv, reduction.loop_rv)
 
 
-def _rows_side_by_side(sch: s_tir.Schedule, info, inner, reduce: list) -> None:
-    """A plain reduction of one input (the SE block's mean over H, W; a max-pool window): ROWS_SIDE_BY_SIDE
-    outputs reduced side by side below the reduction loops, in registers, each in its own order as before:
-    independent chains instead of one long dependent chain (x86 only). Where those outputs read along the
-    input's rows (pooling) they are one vector and the padding block is inlined; otherwise (a mean: one
-    output per channel) unrolled. 16x32x32 mean 21 -> 6 us, Bi-Real's 3x3/2 max-pool 150 -> 75 us, one core."""
-    along_rows = _moves_last_index(sch.get(info.block_rv), info.iters.index(inner))
-    if along_rows:
-        for producer in sch.get_producers(info.block_rv):
+def _plain_reduction(sch: s_tir.Schedule, info, inner, reduce: list, lanes: int) -> None:
+    """A reduction of one input (x86 only): a pooling window (its outputs run along the input's rows) gets
+    ROWS_SIDE_BY_SIDE outputs as one vector below the window loops, the padding block inlined, each output
+    reduced in its own order as before (Bi-Real's 3x3/2 max-pool 150 -> 75 us, one core). A sum over whole
+    rows (the SE block's mean over H, W) of at least 4 vectors is summed in vector lanes: `lanes` partial sums
+    per output (rfactor), then those added up, ROWS_SIDE_BY_SIDE outputs side by side (64x32x32 mean
+    18 -> 2 us). That changes the order of the additions: the mean differs from the serial sum by rounding
+    (about 1e-7 relative), as onnxruntime's does. Shorter sums: outputs side by side, unrolled."""
+    block = info.block_rv
+    if _moves_last_index(sch.get(block), info.iters.index(inner)):
+        for producer in sch.get_producers(block):
             sch.compute_inline(producer)
-    outer, rows = sch.split(inner.loop_rv, [None, ROWS_SIDE_BY_SIDE])
-    sch.reorder(outer, *[it.loop_rv for it in reduce], rows)
-    if along_rows:
+        _side_by_side(sch, block, inner.loop_rv, [it.loop_rv for it in reduce], vector=True)
+        return
+    extent = 1
+    for it in reduce:
+        extent *= it.dom
+    if extent % lanes or extent < 4 * lanes:
+        _side_by_side(sch, block, inner.loop_rv, [it.loop_rv for it in reduce], vector=False)
+        return
+    _, lane = sch.split(sch.fuse(*[it.loop_rv for it in reduce]), [None, lanes])
+    partial = sch.rfactor(lane, len(sch.get(block).writes[0].region))
+    *_, row, steps, lane = sch.get_loops(partial)
+    sch.vectorize(lane)
+    store = sch.cache_write(partial, 0, "local")
+    sch.reverse_compute_at(store, row)
+    sch.decompose_reduction(partial, steps)
+    *_, row, lane = sch.get_loops(block)
+    if int(sch.get(row).extent) % ROWS_SIDE_BY_SIDE == 0:
+        _side_by_side(sch, block, row, [lane], vector=False)
+
+
+def _side_by_side(sch: s_tir.Schedule, block, inner, reduce: list, vector: bool) -> None:
+    """ROWS_SIDE_BY_SIDE outputs of `inner` reduced together below the reduction loops, in registers."""
+    outer, rows = sch.split(inner, [None, ROWS_SIDE_BY_SIDE])
+    sch.reorder(outer, *reduce, rows)
+    if vector:
         sch.vectorize(rows)
     else:
         sch.unroll(rows)
-    store = sch.cache_write(info.block_rv, 0, "local")
+    store = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(store, outer)
-    sch.decompose_reduction(info.block_rv, reduce[0].loop_rv)
+    sch.decompose_reduction(block, reduce[0])
 
 
 def _moves_last_index(block, position: int) -> bool:
