@@ -5,7 +5,7 @@ ONNX: if onnxruntime agrees with PyTorch but the artifact does not, the fault is
 if onnxruntime already departs from PyTorch, it is in the conversion. (Without the source ONNX the
 stage is "unknown".)
 
-Then, for a conversion fault, the layer. The ONNX is run again with intermediate values added as extra
+Then the layer. For a conversion fault: The ONNX is run again with intermediate values added as extra
 graph outputs, on the failing inputs (at most MAX_INPUTS), and each is compared with the same value in
 PyTorch, captured by forward hooks:
 - "bits": the packed input of every BinaryConv2d (node named by its PyTorch module path) against
@@ -18,7 +18,20 @@ The first departing value in graph order names the layer: the module path of the
 produced it (a BinaryConv2d fused with its batch norm is named by its conv; bits that went through a
 PackedMaxPool2d by the conv that made them). A module called more than once (a shared pooling) is
 not compared: its hook sees several values.
+
+For a compilation fault the source ONNX, with the same intermediate values and every BinaryConv2d's
+output added as graph outputs, is compiled again for the artifact's own target and batch into a
+temporary folder and run (x86 here, aarch64 under qemu) on the failing inputs (at most
+MAX_COMPILED_INPUTS, filled up to whole batches); each value is compared with onnxruntime of that same
+ONNX: bits (decoded to their channels) and int32 exactly, floats within FLOAT_TOLERANCE * (1 + max
+|onnxruntime value|). The first departing value in graph order names the layer, as above. If none departs,
+the compiler reproduces the ONNX and the deployed library is not what it builds from it today (built from
+another ONNX, an older compiler or other target parameters): the report says so, with no layer.
 """
+import tempfile
+import warnings
+from pathlib import Path
+
 import numpy as np
 import onnx
 import torch
@@ -28,6 +41,7 @@ from sdbnn_deploy.bits import unpack_signs
 from sdbnn_deploy.verify_conversion import logit_figures, ort_session
 
 MAX_INPUTS = 32
+MAX_COMPILED_INPUTS = 8
 TIE = 1e-5
 FLOAT_TOLERANCE = 1e-4
 _PACKED_OPS = ("BinarizePack", "PackedMaxPool2d")
@@ -38,10 +52,7 @@ def locate(model, dep, x: np.ndarray, logits: dict, tolerances: dict) -> dict:
     failing = _failing_inputs(logits, tolerances)
     ort_bad = "onnxruntime" in logits and _fails(logits["onnxruntime"], logits["pytorch"], tolerances)
     if "tvm" in logits and "onnxruntime" in logits and not ort_bad:
-        f = _diff(logits["tvm"], logits["onnxruntime"])
-        return {"layer": None, "stage": "compilation", "compared": "tvm vs onnxruntime",
-                "detail": f"onnxruntime of the source ONNX matches PyTorch but the artifact does not "
-                          f"({f}): recompile, or report a compiler bug", "layers_checked": 0, "layers": []}
+        return _compilation_section(model, dep, x[failing], logits)
     if "onnxruntime" not in logits:
         return {"layer": None, "stage": "unknown", "compared": "tvm vs pytorch",
                 "detail": "the source ONNX is not available, so conversion and compilation cannot be told "
@@ -58,6 +69,34 @@ def locate(model, dep, x: np.ndarray, logits: dict, tolerances: dict) -> dict:
     else:
         section["detail"] = (f"no intermediate value departs on {len(failing)} failing inputs; the logits "
                              f"differ only after the last compared value")
+    return section
+
+
+def _compilation_section(model, dep, x: np.ndarray, logits: dict) -> dict:
+    """The departure section when onnxruntime of the source ONNX agrees with PyTorch and the artifact does not."""
+    summary = (f"onnxruntime of the source ONNX matches PyTorch but the artifact does not "
+               f"({_diff(logits['tvm'], logits['onnxruntime'])})")
+    section = {"layer": None, "stage": "compilation", "compared": "tvm vs onnxruntime", "layers_checked": 0,
+               "layers": []}
+    x = x[:max(MAX_COMPILED_INPUTS, dep.batch)]
+    try:
+        rows = compare_compiled(model, onnx.load(str(dep.onnx_path)), dep.manifest, x)
+    except Exception as e:  # the diagnosis must not hide the verdict: say why no layer is named
+        section["detail"] = (f"{summary}; recompiling it with intermediate outputs failed "
+                             f"({type(e).__name__}: {e}), so no layer is named")
+        return section
+    first = next((r for r in rows if r["departs"]), None)
+    section.update(layer=first["layer"] if first else None, layers_checked=len(rows), layers=rows)
+    if first:
+        section["detail"] = (f"{summary}; recompiled with intermediate outputs, {first['op']} output "
+                             f"{first['value']} ({first['kind']}) departs from onnxruntime: "
+                             f"{first['mismatches']} of {first['size']} values differ on {len(x)} failing "
+                             f"inputs: a compiler fault in this layer")
+    else:
+        section["detail"] = (f"{summary}; recompiled from that ONNX with intermediate outputs, all {len(rows)} "
+                             f"compared values match onnxruntime: the deployed library is not what this "
+                             f"compiler builds from this ONNX for {dep.manifest['target']['name']} today "
+                             f"(another ONNX, compiler version or target parameters): recompile it")
     return section
 
 
@@ -141,9 +180,14 @@ def _is_float(node) -> bool:
     if node.op_type in _PACKED_OPS:
         return False
     if node.op_type == "BinaryConv2d":
-        mode = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "mode"), b"")
-        return (mode.decode() if isinstance(mode, bytes) else mode) == "affine"
+        return _mode(node) == "affine"
     return True
+
+
+def _mode(node) -> str:
+    """A BinaryConv2d node's mode attribute ("int" | "affine" | "bits")."""
+    mode = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "mode"), b"")
+    return mode.decode() if isinstance(mode, bytes) else mode
 
 
 def _with_outputs(onnx_model, probes) -> onnx.ModelProto:
@@ -153,7 +197,7 @@ def _with_outputs(onnx_model, probes) -> onnx.ModelProto:
     present = {o.name for o in debug.graph.output}
     for p in probes:
         if p["value"] not in present:
-            elem = TensorProto.UINT64 if p["kind"] == "bits" else TensorProto.FLOAT
+            elem = {"bits": TensorProto.UINT64, "int": TensorProto.INT32}.get(p["kind"], TensorProto.FLOAT)
             debug.graph.output.append(helper.make_tensor_value_info(p["value"], elem, None))
             present.add(p["value"])
     return debug
@@ -199,3 +243,66 @@ def _float_mismatches(value, ref, probe):
         return None, None
     tolerance = FLOAT_TOLERANCE * (1 + float(np.max(np.abs(ref))))
     return int(np.sum(np.abs(value - ref) > tolerance)), int(value.size)
+
+
+def compare_compiled(model, onnx_model: onnx.ModelProto, manifest: dict, x: np.ndarray) -> list:
+    """The artifact's compiler against onnxruntime on every intermediate value of the ONNX, in graph order:
+    rows as compare_layers' (layer, value, op, module, kind, mismatches, size, departs)."""
+    probes = _compiled_probes(onnx_model, model)
+    debug = _with_outputs(onnx_model, probes)
+    session = ort_session(debug)
+    names = [p["value"] for p in probes]
+    expected = dict(zip(names, session.run(names, {session.get_inputs()[0].name: x})))
+    compiled = _run_recompiled(debug, manifest, x)
+    rows = []
+    for p in probes:
+        mismatches, size = _compiled_mismatches(compiled[p["value"]], expected[p["value"]], p)
+        rows.append({k: p[k] for k in ("layer", "value", "op", "module", "kind")} |
+                    {"mismatches": mismatches, "size": size, "departs": mismatches > 0})
+    return rows
+
+
+def _compiled_probes(onnx_model, model) -> list:
+    """_probes plus the output of every BinaryConv2d ("int" int32, "bits" packed, "affine" float)."""
+    probes = _probes(onnx_model, model)
+    seen = {p["value"] for p in probes}
+    modules = dict(model.named_modules())
+    weights = {t.name: t.dims for t in onnx_model.graph.initializer}
+    for i, node in enumerate(onnx_model.graph.node):
+        if node.op_type == "BinaryConv2d" and node.output[0] not in seen:
+            kind = {"int": "int", "bits": "bits"}.get(_mode(node), "float")
+            out_channels = weights[node.input[1]][0] if node.input[1] in weights else None
+            probes.append(_probe(node.output[0], kind, node.name.split("/")[0], i, node, modules, out_channels))
+    return sorted(probes, key=lambda p: p["index"])
+
+
+def _run_recompiled(debug: onnx.ModelProto, manifest: dict, x: np.ndarray) -> dict:
+    """Compile `debug` for the manifest's target and batch in a temporary folder; its outputs on `x`."""
+    from sdbnn_deploy.compile import compile_model
+    from sdbnn_deploy.run import run_artifact
+    from sdbnn_deploy.verify import _batches, _padded
+
+    batch = manifest["inputs"][0]["shape"][0]
+    with tempfile.TemporaryDirectory(prefix="sdbnn-departure-") as tmp:
+        onnx_path, artifact = Path(tmp) / "debug.onnx", Path(tmp) / "artifact"
+        onnx.save(debug, str(onnx_path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TVM's importer warns that the added outputs have no shape
+            compile_model(onnx_path, manifest["target"]["name"], artifact, threads=manifest.get("threads"),
+                          batch=batch)
+        outs = [(run_artifact(artifact, _padded(x[start:stop], batch)), stop - start)
+                for start, stop in _batches(len(x), batch)]
+    return {name: np.concatenate([o[name][:n] for o, n in outs]) for name in outs[0][0]}
+
+
+def _compiled_mismatches(value, expected, probe):
+    """Bits (decoded to their channels) and int32 exactly, floats within FLOAT_TOLERANCE of the scale."""
+    if value.shape != expected.shape:
+        return int(expected.size), int(expected.size)
+    if probe["kind"] == "bits":
+        wrong = unpack_signs(value, probe["channels"]) != unpack_signs(expected, probe["channels"])
+    elif probe["kind"] == "int":
+        wrong = value != expected
+    else:
+        wrong = np.abs(value - expected) > FLOAT_TOLERANCE * (1 + float(np.max(np.abs(expected))))
+    return int(wrong.sum()), int(wrong.size)

@@ -19,8 +19,9 @@ The gate (both must hold for every runtime that ran):
 
 On failure it finds where the deployed model first departs from PyTorch (sdbnn_deploy.departure):
 first whether the fault is in the conversion (onnxruntime of the ONNX against PyTorch) or in the
-compilation (the artifact against onnxruntime of its own ONNX), then, for a conversion fault, the
-first layer, in graph order, whose values differ.
+compilation (the artifact against onnxruntime of its own ONNX), then the first layer, in graph order,
+whose values differ (for a compilation fault: the ONNX recompiled with intermediate outputs for the
+artifact's target and batch, against onnxruntime).
 """
 from dataclasses import dataclass
 from pathlib import Path

@@ -12,7 +12,7 @@ from sdbnn_deploy.data import digits_split
 from sdbnn_deploy.errors import UserError
 from sdbnn_deploy.schema import SCHEMA, SCHEMA_VERSION, sha256_of
 from sdbnn_deploy.verify import EXIT_FAILED, verify
-from verify_fixtures import ARTIFACT_BATCH, CORRUPTED_LAYER, demo_deployment, write_npz
+from verify_fixtures import ARTIFACT_BATCH, CORRUPTED_LAYER, demo_deployment, miscompile_layer, write_npz
 
 LIMIT = 62  # not a multiple of the artifact's batch: the last batch is padded
 
@@ -97,6 +97,11 @@ def test_artifact_fault_is_placed_in_conversion_or_compilation(demo, tmp_path):
     assert report["departure"]["stage"] == "compilation"
     assert report["departure"]["compared"] == "tvm vs onnxruntime"
     assert all(f.startswith("tvm:") for f in report["failures"])
+    # Recompiled with intermediate outputs, the good ONNX matches onnxruntime everywhere: no layer is
+    # blamed, the library is not what the compiler builds from that ONNX.
+    assert report["departure"]["layer"] is None and report["departure"]["layers_checked"] > 30
+    assert not any(r["departs"] for r in report["departure"]["layers"])
+    assert "not what this compiler builds" in report["departure"]["detail"]
     # Without its source ONNX, onnxruntime is skipped with a note and the stage cannot be told.
     manifest["source"] = {"path": str(tmp_path / "gone.onnx"), "sha256": "0" * 64}
     (fake / "manifest.json").write_text(json.dumps(manifest))
@@ -104,6 +109,27 @@ def test_artifact_fault_is_placed_in_conversion_or_compilation(demo, tmp_path):
     assert not report["runtimes"]["onnxruntime"]["ran"]
     assert "onnxruntime skipped" in report["runtimes"]["onnxruntime"]["note"]
     assert report["departure"]["stage"] == "unknown" and not report["passed"]
+
+
+def test_compiler_fault_is_named_by_layer(demo, tmp_path, monkeypatch):
+    """A kernel built wrong for one layer from a correct ONNX: verify exits 1, places the fault in the
+    compilation and names the layer, found by recompiling the ONNX with intermediate outputs."""
+    from sdbnn_deploy.compile import compile_model
+
+    miscompile_layer(monkeypatch)  # also active while verify recompiles: the compiler itself is wrong
+    compile_model(demo["onnx"], "x86", tmp_path / "miscompiled", batch=ARTIFACT_BATCH)
+    out = tmp_path / "m.json"
+    result = cli(demo["checkpoint"], tmp_path / "miscompiled", "--limit", LIMIT, "--json", out)
+    assert result.exit_code == EXIT_FAILED, result.output
+    text = " ".join(result.output.split())
+    assert f"first departure: {CORRUPTED_LAYER} in the compilation" in text, text
+    dep = json.loads(out.read_text())["departure"]
+    assert dep["stage"] == "compilation" and dep["layer"] == CORRUPTED_LAYER
+    departing = [r for r in dep["layers"] if r["departs"]]
+    assert departing[0]["layer"] == CORRUPTED_LAYER and departing[0]["op"] == "BinaryConv2d"
+    before = dep["layers"][:dep["layers"].index(departing[0])]
+    assert len(before) > 10 and all(r["mismatches"] == 0 for r in before)
+    assert {r["kind"] for r in before} == {"bits", "float"}
 
 
 def test_tolerance_options_and_unlabelled_data(demo, tmp_path):

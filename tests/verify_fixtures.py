@@ -29,6 +29,25 @@ def corrupt_weight_word(onnx_path, out_path, layer=CORRUPTED_LAYER, channel=3):
     onnx.save(model, str(out_path))
 
 
+def miscompile_layer(monkeypatch, layer=CORRUPTED_LAYER, channel=3):
+    """A compiler fault, while monkeypatch lasts: the ONNX importer inverts the first packed weight word of
+    one output channel of `layer` before building its kernel (the ONNX itself stays correct)."""
+    from tvm import relax
+
+    from sdbnn_deploy.tvm import relax_import
+
+    original = relax_import._convert_binary_conv2d
+
+    def wrong(bb, inputs, attr, *args, **kwargs):
+        if attr["tvm_custom"]["name"].split("/")[0] == layer:
+            words = inputs[1].value.numpy().copy()
+            words[channel, 0, 0, 0] = ~words[channel, 0, 0, 0]
+            inputs = [inputs[0], relax.const(words), *inputs[2:]]
+        return original(bb, inputs, attr, *args, **kwargs)
+
+    monkeypatch.setattr(relax_import, "_convert_binary_conv2d", wrong)
+
+
 def demo_deployment(tmp_path_factory) -> dict:
     base = tmp_path_factory.getbasetemp() / "verify-demo"
     paths = {"checkpoint": CHECKPOINT, "onnx": base / "good.onnx", "bad_onnx": base / "bad.onnx",
