@@ -9,11 +9,20 @@ TEST_INPUT = {"resnet20": (3, 16, 16), "resnet18": (3, 32, 32), "vgg_small": (3,
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BN statistics with negative and exactly-zero gammas, random WSD alphas and ASD betas."""
+    """Every value drawn from `seed` alone (so a test's model never depends on which tests ran before it
+    in the same process): conv and linear weights, random BN statistics with negative and exactly-zero
+    gammas, random WSD alphas and ASD betas."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                fan_in = m.weight[0].numel()
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / fan_in ** 0.5)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+            elif isinstance(m, nn.PReLU):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.5)
+            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 c = m.num_features
                 m.weight.copy_(torch.randn(c, generator=g))
                 m.weight[::5] *= -1
