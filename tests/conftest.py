@@ -36,6 +36,30 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+def random_signs(rng, *shape):
+    """Random +1/-1 int8 values of the given shape."""
+    return rng.choice(np.array([-1, 1], dtype=np.int8), size=shape)
+
+
+def conv_case(seed, n, cin, h, w, cout, k, stride, pad, mode):
+    """Random packed inputs and weights of a BinaryConv2d, and the extra inputs of its mode (an affine
+    scale with zero and negative gammas, or thresholds around 0). stride and pad are the caller's."""
+    from sdbnn_deploy.bits import pack_signs
+
+    rng = np.random.default_rng(seed)
+    x = pack_signs(random_signs(rng, n, h, w, cin))
+    wt = pack_signs(random_signs(rng, cout, k, k, cin))
+    extra = {
+        "int": [],
+        "affine": [rng.normal(size=cout).astype(np.float32), rng.normal(size=cout).astype(np.float32)],
+        "bits": [rng.integers(-cin * k * k // 2, cin * k * k // 2, size=cout).astype(np.int32)],
+    }[mode]
+    if mode == "affine":
+        extra[0][::3] = 0.0  # zero and negative gammas
+        extra[0][1::3] *= -1
+    return x, wt, extra
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -12,6 +12,7 @@ import pytest
 import tvm
 from tvm import relax
 
+from conftest import conv_case, random_signs
 from sdbnn_deploy import aarch64
 from sdbnn_deploy.bits import pack_signs, words_for
 from sdbnn_deploy.errors import UserError
@@ -51,25 +52,6 @@ def _run_on_rpi4(tmp_path, op, compute, inputs, constants=()) -> np.ndarray:
     return out
 
 
-def _signs(rng, *shape):
-    return rng.choice(np.array([-1, 1], dtype=np.int8), size=shape)
-
-
-def _conv_case(seed, n, cin, h, w, cout, k, stride, pad, mode):
-    rng = np.random.default_rng(seed)
-    x = pack_signs(_signs(rng, n, h, w, cin))
-    wt = pack_signs(_signs(rng, cout, k, k, cin))
-    extra = {
-        "int": [],
-        "affine": [rng.normal(size=cout).astype(np.float32), rng.normal(size=cout).astype(np.float32)],
-        "bits": [rng.integers(-cin * k * k // 2, cin * k * k // 2, size=cout).astype(np.int32)],
-    }[mode]
-    if mode == "affine":
-        extra[0][::3] = 0.0  # zero and negative gammas
-        extra[0][1::3] *= -1
-    return x, wt, extra
-
-
 CONV_CASES = [
     # n, cin, h, w, cout, k, stride, pad, mode
     (1, 3, 7, 6, 5, 3, 1, 1, "int"),  # one partial word, odd sizes
@@ -83,7 +65,7 @@ CONV_CASES = [
 
 @pytest.mark.parametrize("n,cin,h,w,cout,k,stride,pad,mode", CONV_CASES)
 def test_binary_conv2d_under_qemu_equals_reference(tmp_path, n, cin, h, w, cout, k, stride, pad, mode):
-    x, wt, extra = _conv_case(cin + k + cout, n, cin, h, w, cout, k, stride, pad, mode)
+    x, wt, extra = conv_case(cin + k + cout, n, cin, h, w, cout, k, stride, pad, mode)
     strides, pads = (stride, stride), (pad, pad)
     blocked, correction = kernels.prepare_conv_weights(wt, cin, (h, w), pads, strides,
                                                        schedule_arm.conv_lanes(RPI4.params))
@@ -114,8 +96,8 @@ def test_binarize_pack_under_qemu_equals_reference(tmp_path, per_sample):
 def test_packed_max_pool2d_under_qemu_equals_reference(tmp_path):
     rng = np.random.default_rng(3)
     c = 100
-    x = pack_signs(_signs(rng, 2, 7, 6, c))
-    min_mask = pack_signs(_signs(rng, c))
+    x = pack_signs(random_signs(rng, 2, 7, 6, c))
+    min_mask = pack_signs(random_signs(rng, c))
 
     def compute(xx, mm):
         return kernels.packed_max_pool2d(xx, mm, kernel_shape=(2, 2), strides=(2, 2))
@@ -126,7 +108,7 @@ def test_packed_max_pool2d_under_qemu_equals_reference(tmp_path):
 
 
 def _conv_assembly(target) -> str:
-    x, wt, _ = _conv_case(0, 1, 256, 8, 8, 32, 3, 1, 1, "int")
+    x, wt, _ = conv_case(0, 1, 256, 8, 8, 32, 3, 1, 1, "int")
     blocked, correction = kernels.prepare_conv_weights(wt, 256, (8, 8), (1, 1), (1, 1),
                                                        schedule_arm.conv_lanes(target.params))
 

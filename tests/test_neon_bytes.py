@@ -11,8 +11,8 @@ import pytest
 import tvm
 from tvm import relax
 
+from conftest import conv_case
 from sdbnn_deploy import aarch64, asm_count
-from sdbnn_deploy.bits import pack_signs
 from sdbnn_deploy.ops import binary_conv2d
 from sdbnn_deploy.targets import get_target
 from sdbnn_deploy.tvm import OP_ATTR, apply_schedules, conv_kernels, kernels_arm, schedule_arm
@@ -34,26 +34,6 @@ CONV_CASES = [
 ]
 
 
-def _signs(rng, *shape):
-    return rng.choice(np.array([-1, 1], dtype=np.int8), size=shape)
-
-
-def _conv_case(seed, n, cin, h, w, cout, k, stride, pad, mode):
-    rng = np.random.default_rng(seed)
-    x = pack_signs(_signs(rng, n, h, w, cin))
-    wt = pack_signs(_signs(rng, cout, k, k, cin))
-    if mode == "int":
-        extra = []
-    elif mode == "affine":
-        scale = rng.normal(size=cout).astype(np.float32)
-        scale[::3] = 0.0  # zero and negative gammas
-        scale[1::3] = -np.abs(scale[1::3])
-        extra = [scale, rng.normal(size=cout).astype(np.float32)]
-    else:
-        extra = [rng.integers(-cin * k * k // 2, cin * k * k // 2, size=cout).astype(np.int32)]
-    return x, wt, extra
-
-
 def _conv_module(cases, target=RPI4) -> tuple[tvm.IRModule, list, list]:
     """main(x_0, x_1, ...) = (conv_0(x_0), conv_1(x_1), ...) with the target's conv compute and weights;
     also the inputs and the numpy references."""
@@ -62,7 +42,7 @@ def _conv_module(cases, target=RPI4) -> tuple[tvm.IRModule, list, list]:
     bb = relax.BlockBuilder()
     inputs, wants, prepared = [], [], []
     for seed, (n, cin, h, w, cout, k, stride, pad, mode) in enumerate(cases):
-        x, wt, extra = _conv_case(seed, n, cin, h, w, cout, k, stride, pad, mode)
+        x, wt, extra = conv_case(seed, n, cin, h, w, cout, k, stride, pad, mode)
         strides, pads = (stride, stride), (pad, pad)
         blocked, correction = conv.prepare_conv_weights(wt, cin, (h, w), pads, strides, lanes)
         inputs.append(x)
