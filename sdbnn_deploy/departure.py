@@ -122,13 +122,18 @@ def _failing_inputs(logits: dict, tolerances: dict) -> np.ndarray:
     return np.argsort(-worst, kind="stable")[:MAX_INPUTS]
 
 
-def compare_layers(model, onnx_model: onnx.ModelProto, x: np.ndarray) -> list:
-    """Each compared intermediate value, in graph order: layer, value, kind, mismatches, size, departs."""
-    probes = _probes(onnx_model, model)
+def _onnxruntime_values(onnx_model: onnx.ModelProto, probes: list, x: np.ndarray):
+    """onnx_model with the probes' values as extra outputs, and those values from onnxruntime on x."""
     debug = _with_outputs(onnx_model, probes)
     session = ort_session(debug)
     names = [p["value"] for p in probes]
-    deployed = dict(zip(names, session.run(names, {session.get_inputs()[0].name: x})))
+    return debug, dict(zip(names, session.run(names, {session.get_inputs()[0].name: x})))
+
+
+def compare_layers(model, onnx_model: onnx.ModelProto, x: np.ndarray) -> list:
+    """Each compared intermediate value, in graph order: layer, value, kind, mismatches, size, departs."""
+    probes = _probes(onnx_model, model)
+    _, deployed = _onnxruntime_values(onnx_model, probes, x)
     captured = _capture(model, probes, x)
     rows = []
     for p in probes:
@@ -249,10 +254,7 @@ def compare_compiled(model, onnx_model: onnx.ModelProto, manifest: dict, x: np.n
     """The artifact's compiler against onnxruntime on every intermediate value of the ONNX, in graph order:
     rows as compare_layers' (layer, value, op, module, kind, mismatches, size, departs)."""
     probes = _compiled_probes(onnx_model, model)
-    debug = _with_outputs(onnx_model, probes)
-    session = ort_session(debug)
-    names = [p["value"] for p in probes]
-    expected = dict(zip(names, session.run(names, {session.get_inputs()[0].name: x})))
+    debug, expected = _onnxruntime_values(onnx_model, probes, x)
     compiled = _run_recompiled(debug, manifest, x)
     rows = []
     for p in probes:
