@@ -49,6 +49,12 @@ def build(arch, asd="static", num_classes=None, in_channels=3, reduction=None):
     return ARCHITECTURES[arch](**kwargs)
 
 
+def asd_form(model):
+    """"static", "dynamic", both joined by a comma, or "none": the ASD forms of a model's binary convs."""
+    forms = {getattr(m, "asd", None) for m in model.modules()} - {None}
+    return ",".join(sorted(forms)) or "none"
+
+
 def float_twin(model):
     """A copy of `model` where every IRConv2d is a plain float nn.Conv2d with the same weight.
 
@@ -66,5 +72,5 @@ def float_twin(model):
     return twin
 
 
-__all__ = ["ARCHITECTURES", "DEFAULT_INPUT_SHAPE", "DEFAULT_NUM_CLASSES", "build", "float_twin",
+__all__ = ["ARCHITECTURES", "DEFAULT_INPUT_SHAPE", "DEFAULT_NUM_CLASSES", "asd_form", "build", "float_twin",
            "BinaryQuantize", "IRConv2d", "SELayer", "resnet20", "resnet18", "vgg_small", "bireal18"]

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from sdbnn_deploy.errors import UserError
-from sdbnn_deploy.models import ARCHITECTURES, DEFAULT_INPUT_SHAPE, build
+from sdbnn_deploy.models import ARCHITECTURES, DEFAULT_INPUT_SHAPE, asd_form, build
 
 FORMAT = "sdbnn-deploy/1"
 
@@ -159,13 +159,12 @@ def _whole_module(model, path, arch):
             arch = infer_arch(state, path)
         except UserError:
             arch = None  # a model of the user's own: its layers are checked when it is traced
-    forms = {getattr(m, "asd", None) for m in model.modules()} - {None}
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     in_channels = convs[0].in_channels if convs else 3
     heads = [m for m in model.modules() if isinstance(m, nn.Linear)]
     num_classes = heads[-1].out_features if heads else 0
     input_shape = (in_channels,) + DEFAULT_INPUT_SHAPE[arch][1:] if arch else None
-    return LoadedModel(model.eval(), arch, ",".join(sorted(forms)) or "none", num_classes, in_channels,
+    return LoadedModel(model.eval(), arch, asd_form(model), num_classes, in_channels,
                        input_shape, PICKLED, {})
 
 

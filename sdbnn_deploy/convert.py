@@ -23,6 +23,7 @@ from sdbnn_deploy.passes.fold_batchnorm import fold_batchnorm
 from sdbnn_deploy.passes.fold_threshold import fold_threshold
 from sdbnn_deploy.passes.fold_wsd import fold_wsd
 from sdbnn_deploy.passes.pack_weights import pack_weights
+from sdbnn_deploy.models import DEFAULT_INPUT_SHAPE, asd_form
 from sdbnn_deploy.passes.trace import trace
 from sdbnn_deploy.verify_conversion import check_conversion
 
@@ -67,7 +68,7 @@ def convert(model_or_path, output=None, arch=None, input_shape=None, trust_pickl
     step("check on data")
     if probe is None:
         probe = np.random.default_rng(seed).standard_normal((probe_batch,) + shape).astype(np.float32)
-    check = check_conversion(model, g, model_proto, probe)
+    check = check_conversion(model, g, model_proto, probe, MAX_RELATIVE_LOGIT_ERROR)
     report = conversion_report(model, g, model_proto, info, shape, check)
     if output is not None:
         if not check["passed"]:
@@ -83,18 +84,12 @@ def _load(model_or_path, arch, trust_pickle):
         for name, t in list(model.named_parameters()) + list(model.named_buffers()):
             if t.is_floating_point() and not torch.isfinite(t).all():
                 raise UserError(f"parameter {name} has NaN or infinite values")
-        from sdbnn_deploy.models import DEFAULT_INPUT_SHAPE
-        return model, {"arch": arch, "asd": _asd_of(model), "source": type(model).__name__, "sha256": "",
+        return model, {"arch": arch, "asd": asd_form(model), "source": type(model).__name__, "sha256": "",
                        "input_shape": DEFAULT_INPUT_SHAPE.get(arch, (3, 32, 32))}
     loaded = load_checkpoint(model_or_path, arch=arch, trust_pickle=trust_pickle)
     digest = hashlib.sha256(Path(model_or_path).read_bytes()).hexdigest()
     return loaded.model, {"arch": loaded.arch, "asd": loaded.asd, "source": str(model_or_path),
                           "sha256": digest, "input_shape": loaded.input_shape}
-
-
-def _asd_of(model):
-    forms = {getattr(m, "asd", None) for m in model.modules()} - {None}
-    return forms.pop() if len(forms) == 1 else ",".join(sorted(forms))
 
 
 def write_atomically(path, data: bytes):

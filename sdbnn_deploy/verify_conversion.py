@@ -37,7 +37,7 @@ def logit_figures(reference: np.ndarray, other: np.ndarray) -> dict:
             "mean_abs_logit_diff": float(np.mean(np.abs(oth - ref)))}
 
 
-def check_conversion(model, g, model_proto, probe, max_error=1e-4) -> dict:
+def check_conversion(model, g, model_proto, probe, max_error) -> dict:
     convs = g.nodes_of("BinaryConv2d")
     captured = _capture_binary_layers(model, [c.name for c in convs], probe)
     logits_torch = captured.pop("__logits__")
