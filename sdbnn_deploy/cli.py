@@ -164,6 +164,12 @@ def verify_command(model, deployed, data, limit, batch_size, json_path, min_agre
     if json_path:
         write_json(json_path, report)
         console.print(f"wrote {json_path}")
+    if markdown_path:
+        from sdbnn_deploy.bench_markdown import render
+        from sdbnn_deploy.convert import write_atomically
+
+        write_atomically(markdown_path, render(report).encode())
+        console.print(f"wrote {markdown_path}")
     if not report["passed"]:
         sys.exit(EXIT_FAILED)
 
@@ -185,12 +191,17 @@ def _int_list(text):
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the report as JSON.")
 @click.option("--lce", is_flag=True, help="Also time Larq Compute Engine 0.16 (installed on first use into "
               ".venv-lce, about 1.4 GB) on Larq equivalents of VGG-Small, ResNet-20 and ResNet-18.")
-def bench_command(models, threads, repeat, target, workdir, json_path, lce):
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False),
+              help="Also write the report's tables as Markdown (the README's Performance section).")
+@click.option("--arm-target", default="rpi4", show_default=True, help="Also compile each model for this aarch64 "
+              "target and count its binary convs' hot-loop instructions per 128 bit-MACs; 'none' skips it.")
+def bench_command(models, threads, repeat, target, workdir, json_path, markdown_path, lce, arm_target):
     """Batch-1 latency against the float twins (PyTorch, onnxruntime), per-layer efficiency, issue-6 targets."""
     from sdbnn_deploy.bench import BenchOptions, print_report, run_bench
     from sdbnn_deploy.report import console, write_json
 
-    options = BenchOptions(repeat=repeat, target=target, workdir=workdir, lce=lce)
+    options = BenchOptions(repeat=repeat, target=target, workdir=workdir, lce=lce,
+                           arm_target=None if arm_target == "none" else arm_target)
     if models:
         options.models = [m.strip() for m in models.split(",") if m.strip()]
     if threads:
@@ -201,6 +212,12 @@ def bench_command(models, threads, repeat, target, workdir, json_path, lce):
     if json_path:
         write_json(json_path, report)
         console.print(f"wrote {json_path}")
+    if markdown_path:
+        from sdbnn_deploy.bench_markdown import render
+        from sdbnn_deploy.convert import write_atomically
+
+        write_atomically(markdown_path, render(report).encode())
+        console.print(f"wrote {markdown_path}")
 
 
 @main.command("profile")

@@ -5,6 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from sdbnn_deploy.bench_markdown import render
 from sdbnn_deploy.bench import BenchOptions, evaluate_targets, latency_figures, print_report, run_bench
 from sdbnn_deploy.ceiling import measure_ceiling, widest_kind
 from sdbnn_deploy.cli import main as cli
@@ -35,10 +36,17 @@ def test_report_structure(tiny_report):
     assert 0 < first["ceiling_fraction"]["1"] == pytest.approx(first["bit_macs_per_s"]["1"] / r["ceiling"]["bit_macs_per_s"])
     assert m["layers"][6]["output_hw"] == [4, 4]  # layer2.0.conv1 has stride 2
     assert set(m["breakdown"]["1"]) >= {"binary_conv", "binarize_and_pool", "float_ops"}
+    counts = [layer["arm_instructions_per_128_bit_macs"] for layer in m["layers"]]
+    assert all(2 <= c < 20 for c in counts)  # read from the rpi4 artifact's disassembly
     names = [t["name"] for t in r["targets"]]
     assert any("70% of the ceiling" in n for n in names)
+    arm = next(t for t in r["targets"] if t["name"].startswith("aarch64"))
+    assert arm["figure"] == max(counts) and arm["met"] == (max(counts) <= 3.5)
     json.dumps(r)  # the report is plain JSON
     print_report(r)
+    text = render(r)
+    assert "| resnet20-static | 1 |" in text and "| target | figure | met |" in text
+    assert text.count("| aarch64 (rpi4) hot loop") == 1
 
 
 def _fake_model(name, ours_ms, ort_ms, fraction=0.8, speedup=None):
@@ -68,6 +76,21 @@ def test_targets_met_and_not_met():
     assert threads["met"] is False and threads["figure"] == pytest.approx(1.2)
     lce = next(t for n, t in targets.items() if "Larq" in n)
     assert lce["met"] is None
+    arm = next(t for n, t in targets.items() if n.startswith("aarch64"))
+    assert arm["met"] is None
+
+
+def test_arm_target_names_the_worst_layer():
+    layers = [{"name": "a", "cin": 64, "arm_instructions_per_128_bit_macs": 4.9, "bit_macs": 0, "bit_macs_per_s": {}},
+              {"name": "b", "cin": 256, "arm_instructions_per_128_bit_macs": 3.46, "bit_macs": 0, "bit_macs_per_s": {}}]
+    report = {"ceiling": {"bit_macs_per_s": 1e12}, "options": {"threads": [1], "arm_target": "rpi4"},
+              "models": [{"name": "m", "layers": layers, "latency": {}, "ratios": {}}]}
+    arm = next(t for t in evaluate_targets(report) if t["name"].startswith("aarch64"))
+    assert arm["met"] is False and arm["figure"] == 4.9
+    assert arm["text"].startswith("1 of 2 above (Cin 64); worst 4.90 (m a, Cin 64)")
+    layers[0]["arm_instructions_per_128_bit_macs"] = 3.5
+    arm = next(t for t in evaluate_targets(report) if t["name"].startswith("aarch64"))
+    assert arm["met"] is True
 
 
 def test_latency_figures_order():
