@@ -164,12 +164,6 @@ def verify_command(model, deployed, data, limit, batch_size, json_path, min_agre
     if json_path:
         write_json(json_path, report)
         console.print(f"wrote {json_path}")
-    if markdown_path:
-        from sdbnn_deploy.bench_markdown import render
-        from sdbnn_deploy.convert import write_atomically
-
-        write_atomically(markdown_path, render(report).encode())
-        console.print(f"wrote {markdown_path}")
     if not report["passed"]:
         sys.exit(EXIT_FAILED)
 
