@@ -87,14 +87,27 @@ def targets_command():
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Artifact folder to write.")
 @click.option("--threads", type=int, help="Worker threads the artifact uses; default: the target's.")
 @click.option("--batch", default=1, show_default=True, help="Batch size the artifact is compiled for.")
-@click.option("--tune", is_flag=True, help="Measure the binary convs' schedule parameters on this host first "
-              "and store them in the target's description (x86 targets this CPU runs).")
-def compile_command(model, target, output, threads, batch, tune):
+@click.option("--tune", is_flag=True, help="First measure the binary convs' schedule parameters and store the "
+              "winners in the target's description: on this host (x86 targets this CPU runs) or, with --rpc or "
+              "--tracker/--key, on the board.")
+@click.option("--rpc", "rpc_address", metavar="HOST:PORT",
+              help="With --tune: a board's `python -m tvm.exec.rpc_server`.")
+@click.option("--tracker", metavar="HOST:PORT", help="With --tune: a TVM RPC tracker that hands out boards by --key.")
+@click.option("--key", help="The board's key at the tracker; default: the target's rpc_key.")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the board or tracker.")
+def compile_command(model, target, output, threads, batch, tune, rpc_address, tracker, key, timeout):
     """Compile an ONNX from `convert` with TVM into an artifact folder (library + manifest.json)."""
     from sdbnn_deploy.compile import compile_model
+    from sdbnn_deploy.report import console
 
-    artifact = compile_model(model, target, output, threads=threads, batch=batch, tune=tune)
+    board = {"rpc_address": rpc_address, "tracker": tracker, "key": key, "timeout": timeout} \
+        if rpc_address or tracker or key else None
+    with console.status("compiling") as status:
+        artifact = compile_model(model, target, output, threads=threads, batch=batch, tune=tune, board=board,
+                                 progress=status.update)
     m = artifact.manifest
+    if artifact.tuning:
+        artifact.tuning.print()
     click.echo(f"compiled {model} for {m['target']['name']} ({m['arch']}, {m['threads']} threads) -> "
                f"{artifact.library} + {artifact.path / 'manifest.json'}")
 

@@ -36,6 +36,7 @@ FORMAT = "sdbnn-deploy-artifact/1"
 class Artifact:
     path: Path  # OUT_DIR
     manifest: dict
+    tuning: object = None  # with tune=True: the search's sdbnn_deploy.tune.Tuning
 
     @property
     def library(self) -> Path:
@@ -43,41 +44,55 @@ class Artifact:
 
 
 def compile_model(onnx_path, target: str, out_dir, threads: int | None = None, batch: int = 1,
-                  tune: bool = False) -> Artifact:
+                  tune: bool = False, board: dict | None = None, progress=None) -> Artifact:
     """Compile a converted ONNX model for `target` (a name of sdbnn_deploy.targets) into OUT_DIR.
 
-    tune: first measure the binary convs' schedule parameters on this host (sdbnn_deploy.tune) and store
-    the winners in the target's description (x86 targets this CPU runs)."""
+    tune: first measure the binary convs' schedule parameters (sdbnn_deploy.tune) and store the winners
+    in the target's description: on this host (x86 targets this CPU runs), or on the board that `board`
+    names ({"rpc_address": HOST:PORT} or {"tracker": HOST:PORT, "key": KEY}, optionally "timeout"; see
+    sdbnn_deploy.remote). progress(text) is told each step of the search."""
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     spec = get_target(target)
     if batch < 1 or (threads is not None and threads < 1):
         raise UserError("--batch and --threads must be positive")
+    if board and not tune:
+        raise UserError("--rpc and --tracker/--key name the board that --tune measures on: add --tune")
     _check_out_dir(out_dir)
     model = _load(onnx_path)
+    session = _measuring_session(spec, board) if tune else None  # before the slow import: a bad board fails fast
     lanes = schedule_module(spec.schedule).conv_lanes(spec.params)
     mod = import_onnx(model, lanes=lanes, batch=batch, source=str(onnx_path),
                       conv=conv_kernels(spec.schedule, spec.params))
+    tuning = None
     if tune:
-        spec = _tuned(mod, spec)
+        spec, tuning = _tuned(mod, spec, session, progress)
     mod = apply_schedules(mod, spec.schedule, spec.params)
     tvm_target = tvm.target.Target(spec.tvm_target)
     executable = tvm.compile(mod, target=tvm_target, relax_pipeline=relax_pipeline(tvm_target))
     manifest = _manifest(model, mod, spec, target, onnx_path, threads or spec.threads, batch, lanes)
     _write_artifact(out_dir, executable, manifest, spec)
-    return Artifact(out_dir, manifest)
+    return Artifact(out_dir, manifest, tuning)
 
 
-def _tuned(mod, spec: TargetSpec) -> TargetSpec:
-    """spec with the model's binary conv shapes tuned on this host, also written to its description."""
+def _measuring_session(spec: TargetSpec, board: dict | None):
+    """Where --tune measures (sdbnn_deploy.tune.measuring_session): this host or the board."""
+    from sdbnn_deploy import tune
+
+    return tune.measuring_session(spec, **(board or {}))
+
+
+def _tuned(mod, spec: TargetSpec, session, progress):
+    """spec with the model's binary conv shapes tuned where `session` runs, also written to its
+    description; and the search (sdbnn_deploy.tune.Tuning)."""
     import dataclasses
 
     from sdbnn_deploy import tune
 
-    if spec.schedule != "x86":
-        raise UserError(f"--tune: {spec.name} is a board; tuning over TVM RPC is not implemented yet")
-    table = tune.shapes_table(tune.tune_module(mod, spec), spec.params.get("shapes"))
+    results = tune.tune_module(mod, spec, progress=progress, session=session)
+    table = tune.shapes_table(results, spec.params.get("shapes"))
     tune.write_params(spec.name, table)
-    return dataclasses.replace(spec, params={**spec.params, "shapes": table})
+    tuned = dataclasses.replace(spec, params={**spec.params, "shapes": table})
+    return tuned, tune.Tuning.of(spec.name, session, results)
 
 
 def _load(onnx_path: Path) -> onnx.ModelProto:
@@ -124,7 +139,8 @@ def _manifest(model, mod, spec: TargetSpec, requested: str, onnx_path: Path, thr
     }
 
 
-def _export(executable, path: Path, spec: TargetSpec) -> None:
+def export_library(executable, path: Path, spec: TargetSpec) -> None:
+    """Write a built module as a shared library for the target (cross-compiled for aarch64)."""
     if spec.arch == "aarch64":
         from sdbnn_deploy.aarch64 import cross_compiler  # names the Debian package when it is missing
 
@@ -138,7 +154,7 @@ def _write_artifact(out_dir: Path, executable, manifest: dict, spec: TargetSpec)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        _export(executable, tmp / LIBRARY, spec)
+        export_library(executable, tmp / LIBRARY, spec)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if out_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))

@@ -1,30 +1,44 @@
-"""tune: choose the x86 binary conv's schedule parameters by measuring them (our own small search;
+"""tune: choose the binary conv's schedule parameters by measuring them (our own small search;
 TVM's MetaSchedule crashes in this TVM build, see tvm-notes.md).
 
 For each BinaryConv2d shape (the representative layers of VGG-Small and ResNet-18 for CIFAR in SHAPES, or
-the layers of one model for `compile --tune`), every candidate of sdbnn_deploy.tvm.schedule_x86's
-per-shape parameters is scheduled, compiled for the target and run on this host, on one thread:
+the layers of one model for `compile --tune`), every candidate of the target's schedule module's
+per-shape parameters (SEARCH_SPACES) is scheduled, compiled for the target and timed on one thread:
 
-    tile_pixels x tile_blocks   register tiles whose sides divide the output width and the weight blocks,
-                                with between half and all of the target's `accumulators`
-    epilogue                    "pixels" or "row" (where the output stage runs)
+    x86 (schedule_x86)  tile_pixels x tile_blocks   register tiles whose sides divide the output width and
+                                                    the weight blocks, with between half and all of the
+                                                    target's `accumulators`
+                        epilogue                    "pixels" or "row" (where the output stage runs)
+    arm (schedule_arm)  tile_pixels                 divisors of the output width whose tile, times
+                                                    tile_vectors, fits schedule_arm.ACCUMULATORS registers
+
+Where it is timed (Measure, one search for both): x86 targets this host's CPU runs, in this process; a
+board (Raspberry Pi, or any device serving `python -m tvm.exec.rpc_server`) over TVM RPC (connected and
+checked by sdbnn_deploy.remote), each candidate exported as a shared library with the target's compiler
+(compile.export_library: aarch64-linux-gnu-gcc for the Pis), uploaded and timed there by time_evaluator.
 
 Each candidate's output must equal the default schedule's output on the same random inputs (schedules
-only reorder work; a candidate that differs is an error). Times are the minimum over interleaved rounds
-of short repeats: on a shared machine other jobs only ever add time. The winner per shape, keyed by
-schedule_x86.conv_key, goes to the target's [params.shapes] table (write_params, atomically), so that
-later compiles are reproducible and do not search. Only x86 targets this host's CPU runs can be tuned.
+only reorder work; a candidate that differs is an error). Candidates are timed in interleaved rounds of
+short repeats; on this host the minimum counts (on a shared machine other jobs only ever add time), on a
+board the median. The winner per shape, keyed by the schedule module's conv_key, goes to the target's
+[params.shapes] table (write_params, atomically), so that later compiles are reproducible and do not
+search. An emulated board (sdbnn_deploy.board) gives exact results but times that mean nothing.
 """
 import os
+import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import tvm
 from tvm import te
 
+from sdbnn_deploy.compile import export_library
 from sdbnn_deploy.errors import UserError
+from sdbnn_deploy.remote import DEFAULT_TIMEOUT, Session, connect
 from sdbnn_deploy.targets import TARGETS_DIR, _cpu_flags, get_target
-from sdbnn_deploy.tvm import OP_ATTR, kernels, schedule_x86
+from sdbnn_deploy.tvm import OP_ATTR, conv_kernels, kernels, schedule_arm, schedule_module, schedule_x86
 
 # (Cin, Cout, kernel, stride, pad, input H=W, output mode): the binary convs of VGG-Small and ResNet-18 (CIFAR).
 SHAPES = [
@@ -51,44 +65,39 @@ class Result:
 def runnable(target: str, cpuinfo_path: str = "/proc/cpuinfo") -> bool:
     """Whether this host's CPU runs code built for the x86 target `target`."""
     if target not in REQUIRED_FLAGS:
-        raise UserError(f"--tune: only the x86 targets {', '.join(REQUIRED_FLAGS)} can be tuned, not {target!r}")
+        raise UserError(f"--tune: only the x86 targets {', '.join(REQUIRED_FLAGS)} can be tuned on this host, "
+                        f"not {target!r}")
     return REQUIRED_FLAGS[target] <= _cpu_flags(cpuinfo_path)
 
 
-def conv_primfunc(cin, cout, k, stride, pad, hw, mode, lanes: int) -> tvm.tirx.PrimFunc:
-    """The unscheduled BinaryConv2d PrimFunc of one shape, tagged as the importer tags it."""
-    cw = -(-cin // 64)
-    blocks = -(-cout // lanes)
-    shapes = [((1, hw, hw, cw), "uint64"), ((blocks, k, k, cw, lanes), "uint64"),
-              (_correction_shape(hw, k, stride, pad, blocks * lanes), "int32")]
+def conv_primfunc(cin, cout, k, stride, pad, hw, mode, lanes: int, conv=kernels) -> tvm.tirx.PrimFunc:
+    """The unscheduled BinaryConv2d PrimFunc of one shape, tagged as the importer tags it; `conv` is the
+    module with its compute (kernels, or kernels_arm for byte lanes: sdbnn_deploy.tvm.conv_kernels)."""
+    words = np.zeros((cout, k, k, -(-cin // 64)), np.uint64)
+    blocked, correction = conv.prepare_conv_weights(words, cin, (hw, hw), (pad, pad), (stride, stride), lanes)
+    shapes = [((1, hw, hw, words.shape[3]), "uint64"), (blocked.shape, str(blocked.dtype)),
+              (correction.shape, "int32")]
     shapes += {"int": [], "affine": [((cout,), "float32")] * 2, "bits": [((cout,), "int32")]}[mode]
     tensors = [te.placeholder(s, d, f"a{i}") for i, (s, d) in enumerate(shapes)]
-    out = kernels.binary_conv2d(*tensors, in_channels=cin, out_channels=cout, strides=(stride, stride),
-                                pads=(pad, pad), mode=mode)
+    out = conv.binary_conv2d(*tensors, in_channels=cin, out_channels=cout, strides=(stride, stride),
+                             pads=(pad, pad), mode=mode)
     return te.create_prim_func(tensors + [out]).with_attr(OP_ATTR, "BinaryConv2d")
 
 
-def _correction_shape(hw, k, stride, pad, channels):
-    out, top, bottom = kernels.border_bounds(hw, k, stride, pad)
-    classes = kernels.border_class(out - 1, top, bottom) + 1
-    return (classes, classes, channels)
-
-
-def random_arguments(func: tvm.tirx.PrimFunc, seed: int = 0) -> list:
-    """Random tensors for every parameter of `func` (the last one is the output, left empty)."""
+def random_arguments(func: tvm.tirx.PrimFunc, seed: int = 0) -> tuple[list[np.ndarray], tuple]:
+    """Random arrays for the inputs of `func`, and (shape, dtype) of its output (the last parameter)."""
     rng = np.random.default_rng(seed)
-    args = []
-    for i, param in enumerate(func.params):
-        shape, dtype = [int(d) for d in param.shape], str(param.dtype)  # params are buffers in TVM 0.27
-        if i == len(func.params) - 1:
-            args.append(tvm.runtime.empty(shape, dtype, tvm.cpu()))
-        elif dtype == "uint64":
-            args.append(tvm.runtime.tensor(rng.integers(0, 2**63, size=shape, dtype=np.uint64) * 2 + 1))
-        elif dtype == "int32":
-            args.append(tvm.runtime.tensor(rng.integers(-20, 20, size=shape).astype(np.int32)))
+    arrays = []
+    *inputs, output = [([int(d) for d in p.shape], str(p.dtype)) for p in func.params]  # buffers in TVM 0.27
+    for shape, dtype in inputs:
+        if dtype == "uint64":
+            arrays.append(rng.integers(0, 2**63, size=shape, dtype=np.uint64) * 2 + 1)
+        elif dtype in ("uint8", "int32"):
+            low, high = (0, 256) if dtype == "uint8" else (-20, 20)
+            arrays.append(rng.integers(low, high, size=shape).astype(dtype))
         else:
-            args.append(tvm.runtime.tensor(rng.standard_normal(shape).astype(dtype)))
-    return args
+            arrays.append(rng.standard_normal(shape).astype(dtype))
+    return arrays, output
 
 
 def candidates(sch, params: dict) -> list[dict]:
@@ -102,85 +111,152 @@ def candidates(sch, params: dict) -> list[dict]:
     return [{"tile_pixels": tw, "tile_blocks": tb, "epilogue": e} for tw, tb in tiles for e in schedule_x86.EPILOGUES]
 
 
-def _build(func, params: dict, target):
+def arm_candidates(sch, params: dict) -> list[dict]:
+    """Every per-shape parameter set to try for the ARM conv scheduled by `sch`: the tile_pixels that
+    divide the output width and whose tile (x tile_vectors accumulators) fits schedule_arm.ACCUMULATORS."""
+    width = int(sch.get(sch.get_sblock("conv")).iter_vars[2].dom.extent)
+    vectors = int(params.get("tile_vectors", schedule_arm.DEFAULTS["tile_vectors"]))
+    fitting = [tw for tw in range(1, width + 1) if width % tw == 0 and tw * vectors <= schedule_arm.ACCUMULATORS]
+    return [{"tile_pixels": tw} for tw in fitting or [1]]
+
+
+# The search space of each schedule module (TargetSpec.schedule).
+SEARCH_SPACES = {"x86": candidates, "arm": arm_candidates}
+
+
+def _build(func, params: dict, spec):
+    """One candidate: `func` scheduled with `params` by the target's schedule module, compiled for it."""
     sch = tvm.s_tir.Schedule(func)
-    schedule_x86.schedule_binary_conv2d(sch, params)
+    schedule_module(spec.schedule).schedule_binary_conv2d(sch, params)
     # A PrimFunc taken out of an imported Relax module has no global_symbol: give it one to build it alone.
-    return tvm.compile(sch.mod["main"].with_attr("global_symbol", "main"), target=target)
+    return tvm.compile(sch.mod["main"].with_attr("global_symbol", "main"), target=tvm.target.Target(spec.tvm_target))
 
 
 def _global(params: dict) -> dict:
     return {k: v for k, v in params.items() if k != "shapes"}
 
 
-def tune_primfunc(func, spec, rounds: int = 3) -> Result:
-    """Measure every candidate for one BinaryConv2d PrimFunc on this host, one thread; the fastest wins."""
-    target = tvm.target.Target(spec.tvm_target)
+class Measure:
+    """Where the candidates run: this host (in-process libraries, the minimum over rounds: on a shared
+    machine other jobs only ever add time) or a board over TVM RPC (each library exported with the
+    target's compiler, uploaded and timed on the board, the median over rounds)."""
+
+    def __init__(self, session: Session, spec, folder: Path):
+        self.session, self.spec, self.folder = session, spec, Path(folder)
+        self.count = 0
+
+    def load(self, lib):
+        """The runtime module of a built candidate, on the device."""
+        if self.session.is_local:
+            return lib.mod
+        self.count += 1
+        path = self.folder / f"sdbnn-tune-{os.getpid()}-{self.count}.so"  # a new name: dlopen caches by name
+        export_library(lib, path, self.spec)
+        return self.session.load_module(path)
+
+    def summary(self, seconds: list[float]) -> float:
+        return float(min(seconds) if self.session.is_local else np.median(seconds))
+
+
+def tune_primfunc(func, spec, measure: Measure, rounds: int = 3) -> Result:
+    """Measure every candidate for one BinaryConv2d PrimFunc with `measure`; the fastest wins."""
+    session = measure.session
     base = _global(spec.params)
     sch = tvm.s_tir.Schedule(func)
-    key = schedule_x86.conv_key(sch)
-    trials = [None] + candidates(sch, base)  # None: the global params (the reference output)
-    args = random_arguments(func)
-    libs, want = [], None
+    key = schedule_module(spec.schedule).conv_key(sch)
+    trials = [None] + SEARCH_SPACES[spec.schedule](sch, base)  # None: the global params (the reference output)
+    inputs, (shape, dtype) = random_arguments(func)
+    args = [session.tensor(a) for a in inputs] + [tvm.runtime.empty(shape, dtype, session.device())]
+    timers, want = [], None
     for trial in trials:
-        lib = _build(func, base if trial is None else {**base, **trial}, target)
-        lib(*args)
-        got = args[-1].numpy().copy()
+        mod = measure.load(_build(func, base if trial is None else {**base, **trial}, spec))
+        mod["main"](*args)
+        got = args[-1].numpy()
         if want is None:
             want = got
         elif not np.array_equal(got, want):
-            raise RuntimeError(f"schedule_x86 with {trial} changes the result of {key}: a scheduling bug")
-        libs.append(lib.mod.time_evaluator("main", tvm.cpu(), number=1, repeat=3, min_repeat_ms=2))
-    best = [float("inf")] * len(trials)
-    for _ in range(rounds):
-        for i, timer in enumerate(libs):
-            best[i] = min(best[i], min(timer(*args).results))
-    i = 1 + int(np.argmin(best[1:]))
-    return Result(key, trials[i], best[i], best[0], len(trials) - 1)
+            raise RuntimeError(f"schedule_{spec.schedule} with {trial} changes the result of {key}: a scheduling bug")
+        timers.append(mod.time_evaluator("main", session.device(), number=1, repeat=3, min_repeat_ms=2))
+    seconds = [[] for _ in trials]
+    for _ in range(rounds):  # interleaved: a slow spell of the machine hits every candidate alike
+        for i, timer in enumerate(timers):
+            seconds[i] += list(timer(*args).results)
+    times = [measure.summary(s) for s in seconds]
+    i = 1 + int(np.argmin(times[1:]))
+    return Result(key, trials[i], times[i], times[0], len(trials) - 1)
 
 
-def _one_thread():
+def measuring_session(spec, rpc_address=None, tracker=None, key=None, timeout=DEFAULT_TIMEOUT) -> Session:
+    """Where `spec`'s candidates are measured: this host (x86 targets it runs), else the board at
+    `rpc_address`, or one the tracker hands out for `key` (default: the target's rpc_key)."""
+    if not (rpc_address or tracker or key):
+        if spec.schedule != "x86":
+            raise UserError(f"--tune: {spec.name} is a board: measure on it with --rpc HOST:PORT or --tracker "
+                            f"HOST:PORT --key {spec.rpc_key or 'KEY'} (`sdbnn-deploy board emulate` serves an "
+                            "emulated one, whose times mean nothing)")
+        if not runnable(spec.name):
+            raise UserError(f"--tune: this host's CPU cannot run {spec.name} code, so it cannot measure it")
+        return connect()
+    session = connect(rpc_address, tracker, key or (spec.rpc_key if tracker else None), timeout)
+    if session.arch != spec.arch:
+        raise UserError(f"--tune: the device at {session.where} is {session.arch}, but {spec.name} "
+                        f"code is {spec.arch}: tune {spec.name} on its own kind of board")
+    return session
+
+
+def _one_thread(session: Session) -> None:
     """Run TVM's parallel loops on one thread (the search measures single-thread speed).
 
-    TVM reads TVM_NUM_THREADS when its thread pool starts, at the first parallel call of the process, and
-    runtime.config_threadpool does not shrink it afterwards (measured): so this holds in a fresh process
-    (the CLI, `python -m sdbnn_deploy.tune`); in a process that already ran TVM code the search runs on
-    that pool's threads (its choices are still exact, only less representative)."""
-    os.environ["TVM_NUM_THREADS"] = "1"
+    On this host TVM reads TVM_NUM_THREADS when its thread pool starts, at the first parallel call of the
+    process, and runtime.config_threadpool does not shrink it afterwards (measured): so this holds in a
+    fresh process (the CLI, `python -m sdbnn_deploy.tune`); in a process that already ran TVM code the
+    search runs on that pool's threads (its choices are still exact, only less representative). A board's
+    server is asked for one worker thread before the first candidate runs."""
+    if session.is_local:
+        os.environ["TVM_NUM_THREADS"] = "1"
+    else:
+        session.set_threads(1)
 
 
-def tune_shapes(target: str, shapes=None, rounds: int = 3, progress=None) -> list[Result]:
-    """tune_primfunc for each (Cin, Cout, kernel, stride, pad, H, mode) of `shapes` (default SHAPES)."""
+def tune_shapes(target: str, shapes=None, rounds: int = 3, progress=None, session: Session | None = None
+                ) -> list[Result]:
+    """tune_primfunc for each (Cin, Cout, kernel, stride, pad, H, mode) of `shapes` (default SHAPES),
+    measured where `session` runs (default: this host, see measuring_session)."""
     spec = get_target(target)
-    if not runnable(spec.name):
-        raise UserError(f"--tune: this host's CPU cannot run {spec.name} code, so it cannot measure it")
-    _one_thread()
-    lanes = schedule_x86.conv_lanes(spec.params)
-    out = []
-    for shape in shapes or SHAPES:
-        if progress:
-            progress(f"tuning {spec.name}: {shape}")
-        out.append(tune_primfunc(conv_primfunc(*shape, lanes=lanes), spec, rounds))
-    return out
+    session = session or measuring_session(spec)
+    lanes = schedule_module(spec.schedule).conv_lanes(spec.params)
+    conv = conv_kernels(spec.schedule, spec.params)
+    funcs = [(f"{shape}", conv_primfunc(*shape, lanes=lanes, conv=conv)) for shape in shapes or SHAPES]
+    return _tune_all(funcs, spec, session, rounds, progress)
 
 
-def tune_module(mod: tvm.IRModule, spec, rounds: int = 3, progress=None) -> list[Result]:
+def tune_module(mod: tvm.IRModule, spec, rounds: int = 3, progress=None, session: Session | None = None
+                ) -> list[Result]:
     """tune_primfunc for each distinct BinaryConv2d PrimFunc of an imported model (compile --tune)."""
-    if not runnable(spec.name):
-        raise UserError(f"--tune: this host's CPU cannot run {spec.name} code, so it cannot measure it")
-    _one_thread()
-    out, seen = [], set()
+    session = session or measuring_session(spec)
+    conv_key = schedule_module(spec.schedule).conv_key
+    funcs, seen = [], set()
     for gvar, func in mod.functions.items():
         if not (isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None
                 and str(func.attrs.get(OP_ATTR, "")) == "BinaryConv2d"):
             continue
-        key = schedule_x86.conv_key(tvm.s_tir.Schedule(func))
-        if key in seen:
-            continue
-        seen.add(key)
-        if progress:
-            progress(f"tuning {spec.name}: {gvar.name_hint} ({key})")
-        out.append(tune_primfunc(func, spec, rounds))
+        key = conv_key(tvm.s_tir.Schedule(func))
+        if key not in seen:
+            seen.add(key)
+            funcs.append((f"{gvar.name_hint} ({key})", func))
+    return _tune_all(funcs, spec, session, rounds, progress)
+
+
+def _tune_all(funcs: list, spec, session: Session, rounds: int, progress) -> list[Result]:
+    """tune_primfunc for each (name, PrimFunc), on one thread of the session's device."""
+    _one_thread(session)
+    out = []
+    with tempfile.TemporaryDirectory(prefix="sdbnn-tune-") as folder:
+        measure = Measure(session, spec, folder)
+        for i, (name, func) in enumerate(funcs, 1):
+            if progress:
+                progress(f"tuning {spec.name} on {session.where}: {i}/{len(funcs)} {name}")
+            out.append(tune_primfunc(func, spec, measure, rounds))
     return out
 
 
@@ -191,20 +267,20 @@ def shapes_table(results: list[Result], old: dict | None = None) -> dict:
     return dict(sorted(table.items()))
 
 
+SHAPES_COMMENT = "# Per layer shape: measured by `python -m sdbnn_deploy.tune` / `compile --tune` (sdbnn_deploy.tune)."
+
+
 def write_params(target: str, table: dict) -> str:
-    """Rewrite targets/TARGET.toml with `table` as its [params.shapes] (other keys kept), atomically."""
+    """Rewrite targets/TARGET.toml with `table` as its [params.shapes] (everything before it kept as
+    written), atomically."""
     from sdbnn_deploy.convert import write_atomically
 
     path = TARGETS_DIR / f"{target}.toml"
     text = path.read_text()
-    head, sep, _ = text.partition("\n[params]")
-    if not sep:
+    if "\n[params]" not in text:
         raise UserError(f"{path}: no [params] table to write the tuned parameters into")
-    params = {k: v for k, v in get_target(target).params.items() if k != "shapes"}
-    lines = [head.rstrip("\n"), "", "[params]",
-             "# Schedule parameters read by sdbnn_deploy.tvm.schedule_x86 (see its docstring).",
-             *(f"{k} = {_toml_value(v)}" for k, v in params.items()), "",
-             "# Per layer shape: measured by `python -m sdbnn_deploy.tune` / `compile --tune` (sdbnn_deploy.tune)."]
+    cuts = [i for i in (text.find("\n" + SHAPES_COMMENT), text.find("\n[params.shapes")) if i >= 0]
+    lines = [text[:min(cuts, default=len(text))].rstrip("\n"), "", SHAPES_COMMENT]
     for key, values in table.items():
         lines += [f'[params.shapes."{key}"]', *(f"{k} = {_toml_value(v)}" for k, v in values.items())]
     write_atomically(path, ("\n".join(lines) + "\n").encode())
@@ -222,24 +298,62 @@ def _toml_value(value) -> str:
     raise TypeError(f"cannot write {value!r} into a target description")
 
 
-def main(argv=None) -> None:
-    """python -m sdbnn_deploy.tune [TARGET ...]: tune SHAPES for each target this host runs, store them."""
-    import sys
+@dataclass
+class Tuning:
+    """One search: the target, where it measured, and the winner of each shape."""
+    target: str
+    where: str  # "this host (load 1.20)", "rpc 192.168.1.20:9090", ...
+    emulated: bool  # measured on an emulated board: the times mean nothing
+    results: list[Result]
 
-    from sdbnn_deploy.report import table as print_table
+    @classmethod
+    def of(cls, target: str, session: Session, results: list[Result]) -> "Tuning":
+        where = f"this host (load {os.getloadavg()[0]:.2f})" if session.is_local else session.where
+        return cls(target, where, session.emulated, results)
 
-    targets = (argv if argv is not None else sys.argv[1:]) or ["x86-avx512", "x86-avx2", "x86-generic"]
-    for target in targets:
-        if not runnable(target):
-            print(f"{target}: not measured (this host's CPU cannot run it)")
-            continue
-        results = tune_shapes(target, progress=print)
-        write_params(target, shapes_table(results, get_target(target).params.get("shapes")))
-        print_table(f"{target}: tuned on this host (load {os.getloadavg()[0]:.2f}), one thread",
-                    ["shape", "tile", "epilogue", "us", "default us", "candidates"],
-                    [[r.key, f"{r.params['tile_pixels']}x{r.params['tile_blocks']}", r.params["epilogue"],
-                      f"{r.seconds * 1e6:.1f}", f"{r.default_seconds * 1e6:.1f}", str(r.candidates)] for r in results])
+    def print(self) -> None:
+        """The winners as a table: shape key, chosen params, their time, the global params' time."""
+        from sdbnn_deploy.report import table as print_table
+
+        note = ", EMULATED: the times mean nothing" if self.emulated else ""
+        print_table(f"{self.target}: tuned on {self.where}, one thread{note}",
+                    ["shape", "chosen", "us", "default us", "candidates"],
+                    [[r.key, " ".join(f"{k}={v}" for k, v in r.params.items()), f"{r.seconds * 1e6:.1f}",
+                      f"{r.default_seconds * 1e6:.1f}", str(r.candidates)] for r in self.results])
+
+
+def main(argv=None) -> int:
+    """python -m sdbnn_deploy.tune [TARGET ...] [--rpc HOST:PORT | --tracker HOST:PORT --key KEY]."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m sdbnn_deploy.tune", description=(
+        "Measure the binary convs' schedule parameters on the shapes of VGG-Small and ResNet-18 (CIFAR) and "
+        "store the winners in targets/TARGET.toml [params.shapes]. x86 targets are measured on this host, "
+        "boards (rpi3, rpi4, rpi5, aarch64) over TVM RPC."))
+    parser.add_argument("targets", nargs="*", metavar="TARGET",
+                        help="targets to tune (default: the x86 ones; the --target option adds one)")
+    parser.add_argument("--target", action="append", default=[], help="a target to tune (may be repeated)")
+    parser.add_argument("--rpc", metavar="HOST:PORT", help="a board's `python -m tvm.exec.rpc_server`")
+    parser.add_argument("--tracker", metavar="HOST:PORT", help="a TVM RPC tracker that hands out boards by --key")
+    parser.add_argument("--key", help="the board's key at the tracker (default: the target's rpc_key)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for a board")
+    args = parser.parse_args(argv)
+    targets = args.targets + args.target or list(REQUIRED_FLAGS)
+    try:
+        for target in targets:
+            spec = get_target(target)
+            if spec.schedule == "x86" and not (args.rpc or args.tracker) and not runnable(spec.name):
+                print(f"{spec.name}: not measured (this host's CPU cannot run it)")
+                continue
+            session = measuring_session(spec, args.rpc, args.tracker, args.key, args.timeout)
+            results = tune_shapes(spec.name, progress=print, session=session)
+            write_params(spec.name, shapes_table(results, spec.params.get("shapes")))
+            Tuning.of(spec.name, session, results).print()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -61,5 +61,19 @@ def conv_case(seed, n, cin, h, w, cout, k, stride, pad, mode):
 
 
 @pytest.fixture
+def targets_copy(tmp_path, monkeypatch):
+    """A private copy of targets/ that get_target and sdbnn_deploy.tune's write_params use."""
+    import shutil
+
+    from sdbnn_deploy import targets, tune
+
+    folder = tmp_path / "targets"
+    shutil.copytree(targets.TARGETS_DIR, folder)
+    monkeypatch.setattr(targets, "TARGETS_DIR", folder)
+    monkeypatch.setattr(tune, "TARGETS_DIR", folder)
+    return folder
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(0)

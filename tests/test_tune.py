@@ -1,13 +1,11 @@
 """The schedule-parameter search (sdbnn_deploy.tune) on a tiny shape: it runs, its winner is a valid
 parameter set that compiles and is exact, and the target description is rewritten atomically.
 No timing is asserted (machines are noisy)."""
-import shutil
-
 import numpy as np
 import pytest
 import tvm
 
-from sdbnn_deploy import targets, tune
+from sdbnn_deploy import tune
 from sdbnn_deploy.bits import pack_signs
 from sdbnn_deploy.errors import UserError
 from sdbnn_deploy.ops import binary_conv2d
@@ -16,16 +14,6 @@ from sdbnn_deploy.tvm import kernels, schedule_x86
 
 HOST = host_target_name()
 TINY = (64, 24, 3, 1, 1, 4, "bits")  # Cin, Cout, kernel, stride, pad, H=W, mode
-
-
-@pytest.fixture
-def targets_copy(tmp_path, monkeypatch):
-    """A private copy of targets/ that get_target and write_params use."""
-    folder = tmp_path / "targets"
-    shutil.copytree(targets.TARGETS_DIR, folder)
-    monkeypatch.setattr(targets, "TARGETS_DIR", folder)
-    monkeypatch.setattr(tune, "TARGETS_DIR", folder)
-    return folder
 
 
 def _exact_with(params: dict, target: str, shape, seed=0):

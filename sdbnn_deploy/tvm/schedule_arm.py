@@ -8,7 +8,11 @@ results are bit-identical.
 
 Params read here (defaults in DEFAULTS; targets/rpi*.toml set them): byte_lanes (use kernels_arm),
 tile_pixels and tile_vectors, the register tile of the conv (output pixels x 128-bit vectors of output
-channels; tile_pixels is an upper bound, the largest divisor of the output width within it is used).
+channels; tile_pixels is an upper bound, the largest divisor of the output width within it is used), and
+shapes, per-layer-shape overrides {conv_key(...): {"tile_pixels": ...}} as in schedule_x86: the winners
+of the search on a board (sdbnn_deploy.tune over TVM RPC); other shapes use the values above. Only
+tile_pixels is per shape: byte_lanes and tile_vectors fix the weights' layout, which the importer makes
+for the whole model before any schedule runs (conv_lanes).
 
 With byte_lanes (kernels_arm, the default): one q register holds 16 bytes of ONE output channel's
 words; V = tile_vectors output channels per weight block. Per tile of pixels x V channels the uint8
@@ -26,10 +30,12 @@ apache-tvm-ffi 0.1.15.post2, the save_json crash of tvm-notes.md).
 from tvm import s_tir
 
 from sdbnn_deploy.tvm import kernels, kernels_arm
-from sdbnn_deploy.tvm.schedule_x86 import _parallel_rows
+from sdbnn_deploy.tvm.schedule_x86 import _mode, _parallel_rows
 
-DEFAULTS = {"byte_lanes": True, "tile_pixels": 2, "tile_vectors": 4}
+DEFAULTS = {"byte_lanes": True, "tile_pixels": 2, "tile_vectors": 4, "shapes": {}}
+SHAPE_PARAMS = ("tile_pixels",)
 LANES = 2  # uint64 words per 128-bit NEON register (word lanes)
+ACCUMULATORS = 16  # q registers a register tile may hold (of 32: the rest for input and weight vectors)
 
 
 def _param(params, name):
@@ -37,7 +43,29 @@ def _param(params, name):
     unknown = sorted(set(params or {}) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"schedule_arm: unknown schedule parameters {unknown}; known: {sorted(DEFAULTS)}")
-    return int((params or {}).get(name, DEFAULTS[name]))
+    value = (params or {}).get(name, DEFAULTS[name])
+    return value if name == "shapes" else int(value)
+
+
+def conv_key(sch: s_tir.Schedule) -> str:
+    """The shape key of a BinaryConv2d PrimFunc (byte or word lanes), in schedule_x86.conv_key's format:
+    padded input (H x W x words) > output (OH x OW x blocks), kernel, output mode."""
+    params = sch.mod["main"].params  # x (N, H, W, words), weights (blocks, kh, kw, ...), ...
+    _, hp, wp, *_ = (int(iv.dom.extent) for iv in sch.get(sch.get_sblock("pad")).iter_vars)
+    _, oh, ow, blocks, _ = (int(iv.dom.extent) for iv in sch.get(sch.get_sblock("conv")).iter_vars)
+    _, kh, kw = (int(d) for d in params[1].shape[:3])
+    return f"{hp}x{wp}x{int(params[0].shape[3])}>{oh}x{ow}x{blocks}:{kh}x{kw}:{_mode(sch)}"
+
+
+def conv_choice(sch: s_tir.Schedule, params) -> dict:
+    """The per-shape params of this conv (SHAPE_PARAMS): its entry in `shapes`, else the global ones."""
+    chosen = {name: _param(params, name) for name in SHAPE_PARAMS}
+    entry = _param(params, "shapes").get(conv_key(sch), {})
+    unknown = sorted(set(entry) - set(SHAPE_PARAMS))
+    if unknown:
+        raise ValueError(f"schedule_arm: shapes entries may set {list(SHAPE_PARAMS)}, not {unknown}")
+    chosen.update({name: int(value) for name, value in entry.items()})
+    return chosen
 
 
 def conv_kernels(params):
@@ -78,12 +106,13 @@ def _schedule_byte_lanes(sch: s_tir.Schedule, params) -> None:
     accumulator each) per parallel row. Per tile: uint16 sums ("widen", local) over the chunks; per chunk
     the uint8 sums ("popcount_bytes", local) with the chunk's reduction loops outside the unrolled tile and
     the 16 bytes vectorised (the hot loop: eor, cnt .16b, add .16b); then lane sums, conv and output."""
+    choice = conv_choice(sch, params)
     pad, part, widen, *halves, counts, conv, out = (sch.get_sblock(name) for name in kernels_arm.BLOCKS)
     _parallel_rows(sch, pad)
     sch.vectorize(sch.get_loops(pad)[-1])
 
     n, oh, ow, b, v = sch.get_loops(conv)
-    tw = _largest_divisor(_extent(sch, ow), _param(params, "tile_pixels"))
+    tw = _largest_divisor(_extent(sch, ow), choice["tile_pixels"])
     lanes = _extent(sch, v)
     owo, owi = sch.split(ow, [None, tw])
     sch.reorder(n, oh, owo, b, owi, v)
@@ -142,6 +171,7 @@ def _tile_inside(sch: s_tir.Schedule, loops: dict, outer: list) -> list:
 
 
 def _schedule_word_lanes(sch: s_tir.Schedule, params) -> None:
+    choice = conv_choice(sch, params)
     pad = sch.get_sblock("pad")
     counts = sch.get_sblock("popcount")
     conv = sch.get_sblock("conv")
@@ -150,7 +180,7 @@ def _schedule_word_lanes(sch: s_tir.Schedule, params) -> None:
     _parallel_rows(sch, pad)
 
     n, oh, ow, b, v = sch.get_loops(conv)
-    tw = _largest_divisor(_extent(sch, ow), _param(params, "tile_pixels"))
+    tw = _largest_divisor(_extent(sch, ow), choice["tile_pixels"])
     tb = _largest_divisor(_extent(sch, b), _param(params, "tile_vectors"))
     owo, owi = sch.split(ow, [None, tw])
     bo, bi = sch.split(b, [None, tb])

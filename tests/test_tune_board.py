@@ -1,0 +1,123 @@
+"""compile --tune for a board over TVM RPC (sdbnn_deploy.tune with a remote measure step), on the emulated
+Raspberry Pi 4 (sdbnn_deploy.board; its times mean nothing, so none is asserted): the winners land in a
+temporary copy of targets/rpi4.toml, the artifact is compiled with them and equals onnxruntime; clear
+errors for a missing, unreachable or wrong board and an unknown tracker key.
+Needs the board's root filesystem (scripts/setup-system.sh, built once, see tests/test_board.py)."""
+import numpy as np
+import onnx
+import pytest
+import tvm
+from click.testing import CliRunner
+
+from onnx_graphs import OUTPUTS, custom_op_model, onnxruntime_outputs
+from sdbnn_deploy import tune
+from sdbnn_deploy.board import EmulatedBoard, LocalServer, LocalTracker, ensure_rootfs, free_port
+from sdbnn_deploy.cli import main as cli
+from sdbnn_deploy.compile import compile_model
+from sdbnn_deploy.errors import UserError
+from sdbnn_deploy.run import run_artifact
+from sdbnn_deploy.targets import get_target
+from sdbnn_deploy.tvm import schedule_arm
+
+SHAPE = (1, 20, 8, 8)  # one input of the tiny model: convs with output widths 8, 2 and 4
+
+
+@pytest.fixture(scope="module")
+def board():
+    with EmulatedBoard(rootfs=ensure_rootfs()) as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    onnx.save(custom_op_model(h=SHAPE[2], w=SHAPE[3]), str(path))
+    return path
+
+
+def test_compile_tune_on_the_board_stores_and_uses_the_winners(board, model_path, targets_copy, tmp_path,
+                                                                 monkeypatch):
+    rpi4 = targets_copy / "rpi4.toml"
+    head = rpi4.read_text()
+    # Two candidates, neither the target's global tile_pixels (2): whichever wins differs from the default.
+    monkeypatch.setitem(tune.SEARCH_SPACES, "arm", lambda sch, params: [{"tile_pixels": 1}, {"tile_pixels": 4}])
+    chosen = []  # (shape key, per-shape params) of every conv scheduled, in order
+
+    def recorded_choice(sch, params, original=schedule_arm.conv_choice):
+        chosen.append((schedule_arm.conv_key(sch), original(sch, params)))
+        return chosen[-1][1]
+
+    monkeypatch.setattr(schedule_arm, "conv_choice", recorded_choice)
+    result = CliRunner().invoke(cli, ["compile", str(model_path), "--target", "rpi4", "--tune", "--rpc",
+                                      board.address, "-o", str(tmp_path / "out"), "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert f"rpi4: tuned on rpc {board.address}" in result.output and "EMULATED" in result.output
+
+    table = get_target("rpi4").params["shapes"]
+    assert sorted(table) == ["10x10x1>8x8x18:3x3:bits", "4x4x2>4x4x2:1x1:int", "6x6x2>2x2x6:3x3:affine"]
+    assert all(entry["tile_pixels"] in (1, 4) for entry in table.values())
+    assert rpi4.read_text().startswith(head.rstrip("\n")), "the hand-written part of rpi4.toml must stay"
+    # The compile after the search scheduled its three convs with the winners (the last three choices).
+    assert dict(chosen[-3:]) == table
+
+    x = np.random.default_rng(3).standard_normal(SHAPE).astype(np.float32)
+    got = run_artifact(tmp_path / "out", x, threads=1)
+    want = onnxruntime_outputs(onnx.load(str(model_path)), x)
+    for name in ("bits", "counts"):
+        np.testing.assert_array_equal(got[name], want[name])
+    np.testing.assert_allclose(got["logits"], want["logits"], rtol=1e-5, atol=1e-5)
+    assert list(got) == list(OUTPUTS)
+
+
+def test_x86_search_over_rpc_is_exact_and_keyed_like_the_local_one():
+    shape = (64, 24, 3, 1, 1, 4, "bits")
+    with LocalServer() as server:
+        session = tune.measuring_session(get_target("x86-generic"), rpc_address=server.address)
+        (result,) = tune.tune_shapes("x86-generic", [shape], rounds=1, session=session)
+    (local,) = tune.tune_shapes("x86-generic", [shape], rounds=1)
+    assert result.key == local.key and result.candidates == local.candidates
+    assert result.seconds > 0 and result.params["epilogue"] in ("pixels", "row")
+
+
+def test_arm_candidates_fit_the_registers_and_divide_the_width():
+    spec = get_target("rpi4")
+    func = tune.conv_primfunc(64, 24, 3, 1, 1, 8, "bits", lanes=4, conv=schedule_arm.conv_kernels(spec.params))
+    sch = tvm.s_tir.Schedule(func)
+    assert schedule_arm.conv_key(sch) == "10x10x1>8x8x6:3x3:bits"
+    assert tune.arm_candidates(sch, spec.params) == [{"tile_pixels": 1}, {"tile_pixels": 2}, {"tile_pixels": 4}]
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--target", "rpi4", "--tune"],
+     "--tune: rpi4 is a board: measure on it with --rpc HOST:PORT or --tracker HOST:PORT --key rpi4"),
+    (["--target", "rpi4", "--tune", "--rpc", "nohost"], "--rpc 'nohost': expected HOST:PORT"),
+    (["--target", "rpi4", "--tune", "--key", "rpi4"], "--key needs --tracker HOST:PORT"),
+    (["--target", "x86-generic", "--rpc", "127.0.0.1:9090"],
+     "--rpc and --tracker/--key name the board that --tune measures on: add --tune"),
+])
+def test_bad_options_are_one_line_errors(model_path, tmp_path, options, message):
+    result = CliRunner().invoke(cli, ["compile", str(model_path), "-o", str(tmp_path / "o"), *options])
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1].startswith(f"error: {message}")
+    assert not (tmp_path / "o").exists()
+
+
+def test_unreachable_board_wrong_architecture_and_unknown_key(board, model_path, tmp_path):
+    port = free_port()  # nothing listens there
+    with pytest.raises(UserError, match=f"rpc 127.0.0.1:{port}: cannot connect to a TVM RPC server"):
+        compile_model(model_path, "rpi4", tmp_path / "o", tune=True, board={"rpc_address": f"127.0.0.1:{port}"})
+    with pytest.raises(UserError, match=f"the device at rpc {board.address} is aarch64, but x86-generic code is "
+                                        "x86_64"):
+        compile_model(model_path, "x86-generic", tmp_path / "o", tune=True, board={"rpc_address": board.address})
+    with LocalTracker() as tracker:
+        with pytest.raises(UserError, match="--key rpi4: no board serves this key"):
+            compile_model(model_path, "rpi4", tmp_path / "o", tune=True, board={"tracker": tracker.address})
+    assert not (tmp_path / "o").exists()
+
+
+def test_module_cli_help_and_board_without_address(capsys):
+    with pytest.raises(SystemExit) as exit_help:
+        tune.main(["--help"])
+    assert exit_help.value.code == 0 and "--rpc HOST:PORT" in capsys.readouterr().out
+    assert tune.main(["--target", "rpi4"]) == 2
+    assert "error: --tune: rpi4 is a board" in capsys.readouterr().err
