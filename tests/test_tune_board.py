@@ -23,9 +23,17 @@ SHAPE = (1, 20, 8, 8)  # one input of the tiny model: convs with output widths 8
 
 
 @pytest.fixture(scope="module")
-def board():
-    with EmulatedBoard(rootfs=ensure_rootfs()) as b:
-        yield b
+def tracker():
+    """A local tracker with an emulated Pi 4 registered under the target's key (rpi4)."""
+    with LocalTracker() as tracker, EmulatedBoard(tracker=tracker.address, key="rpi4", rootfs=ensure_rootfs()):
+        yield tracker
+
+
+@pytest.fixture(scope="module")
+def x86_server():
+    """This host's own TVM RPC server: an x86 device over RPC."""
+    with LocalServer() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +43,7 @@ def model_path(tmp_path_factory):
     return path
 
 
-def test_compile_tune_on_the_board_stores_and_uses_the_winners(board, model_path, targets_copy, tmp_path,
+def test_compile_tune_on_the_board_stores_and_uses_the_winners(tracker, model_path, targets_copy, tmp_path,
                                                                  monkeypatch):
     rpi4 = targets_copy / "rpi4.toml"
     head = rpi4.read_text()
@@ -48,10 +56,10 @@ def test_compile_tune_on_the_board_stores_and_uses_the_winners(board, model_path
         return chosen[-1][1]
 
     monkeypatch.setattr(schedule_arm, "conv_choice", recorded_choice)
-    result = CliRunner().invoke(cli, ["compile", str(model_path), "--target", "rpi4", "--tune", "--rpc",
-                                      board.address, "-o", str(tmp_path / "out"), "--threads", "1"])
+    result = CliRunner().invoke(cli, ["compile", str(model_path), "--target", "rpi4", "--tune", "--tracker",
+                                      tracker.address, "-o", str(tmp_path / "out"), "--threads", "1"])
     assert result.exit_code == 0, result.output
-    assert f"rpi4: tuned on rpc {board.address}" in result.output and "EMULATED" in result.output
+    assert f"rpi4: tuned on tracker {tracker.address} key rpi4" in result.output and "EMULATED" in result.output
 
     table = get_target("rpi4").params["shapes"]
     assert sorted(table) == ["10x10x1>8x8x18:3x3:bits", "4x4x2>4x4x2:1x1:int", "6x6x2>2x2x6:3x3:affine"]
@@ -69,11 +77,10 @@ def test_compile_tune_on_the_board_stores_and_uses_the_winners(board, model_path
     assert list(got) == list(OUTPUTS)
 
 
-def test_x86_search_over_rpc_is_exact_and_keyed_like_the_local_one():
+def test_x86_search_over_rpc_is_exact_and_keyed_like_the_local_one(x86_server):
     shape = (64, 24, 3, 1, 1, 4, "bits")
-    with LocalServer() as server:
-        session = tune.measuring_session(get_target("x86-generic"), rpc_address=server.address)
-        (result,) = tune.tune_shapes("x86-generic", [shape], rounds=1, session=session)
+    session = tune.measuring_session(get_target("x86-generic"), rpc_address=x86_server.address)
+    (result,) = tune.tune_shapes("x86-generic", [shape], rounds=1, session=session)
     (local,) = tune.tune_shapes("x86-generic", [shape], rounds=1)
     assert result.key == local.key and result.candidates == local.candidates
     assert result.seconds > 0 and result.params["epilogue"] in ("pixels", "row")
@@ -102,16 +109,15 @@ def test_bad_options_are_one_line_errors(model_path, tmp_path, options, message)
     assert not (tmp_path / "o").exists()
 
 
-def test_unreachable_board_wrong_architecture_and_unknown_key(board, model_path, tmp_path):
+def test_unreachable_board_wrong_architecture_and_unknown_key(tracker, x86_server, model_path, tmp_path):
     port = free_port()  # nothing listens there
     with pytest.raises(UserError, match=f"rpc 127.0.0.1:{port}: cannot connect to a TVM RPC server"):
         compile_model(model_path, "rpi4", tmp_path / "o", tune=True, board={"rpc_address": f"127.0.0.1:{port}"})
-    with pytest.raises(UserError, match=f"the device at rpc {board.address} is aarch64, but x86-generic code is "
-                                        "x86_64"):
-        compile_model(model_path, "x86-generic", tmp_path / "o", tune=True, board={"rpc_address": board.address})
-    with LocalTracker() as tracker:
-        with pytest.raises(UserError, match="--key rpi4: no board serves this key"):
-            compile_model(model_path, "rpi4", tmp_path / "o", tune=True, board={"tracker": tracker.address})
+    with pytest.raises(UserError, match=f"the device at rpc {x86_server.address} is x86_64, but rpi4 code is "
+                                        "aarch64"):
+        compile_model(model_path, "rpi4", tmp_path / "o", tune=True, board={"rpc_address": x86_server.address})
+    with pytest.raises(UserError, match=r"--key rpi5: no board serves this key .*\(keys served there: rpi4\)"):
+        compile_model(model_path, "rpi5", tmp_path / "o", tune=True, board={"tracker": tracker.address})
     assert not (tmp_path / "o").exists()
 
 
