@@ -1,6 +1,7 @@
 """convert: PyTorch SD-BNN -> folded ONNX, proved on data against the PyTorch eval model.
 
-    load -> trace -> fold_wsd -> fold_threshold -> fold_batchnorm -> pack_weights -> export -> check
+    load -> trace -> fold_wsd -> fold_threshold -> fold_float_threshold -> fold_batchnorm -> pack_weights
+         -> export -> check
 
 `convert(model_or_path, output)` returns a Conversion (the ONNX model, the folded Graph, the report);
 the file is written only after every check ran, through a temporary file renamed into place.
@@ -20,6 +21,7 @@ from sdbnn_deploy.checkpoint import load_checkpoint
 from sdbnn_deploy.errors import UserError
 from sdbnn_deploy.export_onnx import to_onnx
 from sdbnn_deploy.passes.fold_batchnorm import fold_batchnorm
+from sdbnn_deploy.passes.fold_float_threshold import fold_float_threshold
 from sdbnn_deploy.passes.fold_threshold import fold_threshold
 from sdbnn_deploy.passes.fold_wsd import fold_wsd
 from sdbnn_deploy.passes.pack_weights import pack_weights
@@ -27,7 +29,7 @@ from sdbnn_deploy.models import DEFAULT_INPUT_SHAPE, asd_form
 from sdbnn_deploy.passes.trace import trace
 from sdbnn_deploy.verify_conversion import check_conversion
 
-PASSES = (fold_wsd, fold_threshold, fold_batchnorm, pack_weights)
+PASSES = (fold_wsd, fold_threshold, fold_float_threshold, fold_batchnorm, pack_weights)
 
 # The proof every conversion must pass (sdbnn-deploy convert fails otherwise).
 MAX_RELATIVE_LOGIT_ERROR = 1e-4

@@ -193,7 +193,7 @@ def test_layer_search_through_thresholds_pools_and_dynamic_shifts(arch, asd, lay
     good = convert(model, arch=arch, input_shape=shape).onnx_model
     x = np.random.default_rng(1).standard_normal((2,) + shape).astype(np.float32)
     rows = compare_layers(model, good, x)
-    assert len(rows) >= 10 and not any(r["departs"] for r in rows)
+    assert len(rows) >= 8 and not any(r["departs"] for r in rows)  # VGG: its stem folds into the first bits
     assert {r["kind"] for r in rows} == {"bits", "float"}
     bad = onnx.ModelProto()
     bad.CopyFrom(good)
