@@ -96,8 +96,9 @@ def _within(seconds: float, what: str, step):
 
 
 def connect(rpc_address: str | None = None, tracker: str | None = None, key: str | None = None,
-            timeout: float = DEFAULT_TIMEOUT) -> Session:
-    """This host (no address), a server at `rpc_address`, or a board for `key` from `tracker`."""
+            timeout: float = DEFAULT_TIMEOUT, session_timeout: float = SESSION_TIMEOUT) -> Session:
+    """This host (no address), a server at `rpc_address`, or a board for `key` from `tracker`; the server
+    ends the session after `session_timeout` seconds."""
     if rpc_address and tracker:
         raise UserError("give either --rpc HOST:PORT or --tracker HOST:PORT --key KEY, not both")
     if tracker and not key:
@@ -107,24 +108,25 @@ def connect(rpc_address: str | None = None, tracker: str | None = None, key: str
     if rpc_address:
         host, port = parse_address(rpc_address, "--rpc")
         where = f"rpc {host}:{port}"
-        session = _within(timeout, f"--rpc {rpc_address}", lambda: _rpc_connect(host, port, "", where))
+        session = _within(timeout, f"--rpc {rpc_address}",
+                          lambda: _rpc_connect(host, port, where, session_timeout))
     elif tracker:
         where = f"tracker {tracker} key {key}"
-        session = _request(tracker, key, timeout, where)
+        session = _request(tracker, key, timeout, where, session_timeout)
     else:
         return Session(None, "this host", host_arch())
     return _describe(session, where, timeout)
 
 
-def _rpc_connect(host: str, port: int, key: str, where: str):
+def _rpc_connect(host: str, port: int, where: str, session_timeout: float):
     try:
-        return rpc.connect(host, port, key, session_timeout=SESSION_TIMEOUT)
+        return rpc.connect(host, port, "", session_timeout=session_timeout)
     except Exception as e:  # TVM raises InternalError / RuntimeError with the socket's reason
         raise UserError(f"{where}: cannot connect to a TVM RPC server ({_first_line(e)}); is "
                         f"`python -m tvm.exec.rpc_server` running there?") from None
 
 
-def _request(tracker: str, key: str, timeout: float, where: str):
+def _request(tracker: str, key: str, timeout: float, where: str, session_timeout: float):
     """A session with a board that serves `key`, handed out by the tracker."""
     host, port = parse_address(tracker, "--tracker")
 
@@ -143,7 +145,7 @@ def _request(tracker: str, key: str, timeout: float, where: str):
 
         def request():
             try:
-                return session.request(key, session_timeout=SESSION_TIMEOUT, max_retry=1)
+                return session.request(key, session_timeout=session_timeout, max_retry=1)
             except RuntimeError as e:
                 raise UserError(f"{where}: the tracker handed out a board that did not answer "
                                 f"({_first_line(e)})") from None

@@ -49,6 +49,9 @@ SHAPES = [
     (256, 256, 3, 1, 1, 8, "affine"), (256, 512, 3, 2, 1, 8, "bits"), (512, 512, 3, 1, 1, 4, "bits"),
     (512, 512, 3, 1, 1, 4, "affine"),
 ]
+# Seconds a board keeps a search's RPC session (remote.SESSION_TIMEOUT is for one profile): a model's
+# shapes times their candidates, each compiled here and uploaded, can take more than ten minutes.
+SEARCH_SESSION_TIMEOUT = 3 * 3600
 # What each x86 target needs from the CPU (/proc/cpuinfo flags) to run here.
 REQUIRED_FLAGS = {"x86-avx512": {"avx512f", "avx512_vpopcntdq"}, "x86-avx2": {"avx2", "popcnt"}, "x86-generic": set()}
 
@@ -197,7 +200,8 @@ def measuring_session(spec, rpc_address=None, tracker=None, key=None, timeout=DE
         if not runnable(spec.name):
             raise UserError(f"--tune: this host's CPU cannot run {spec.name} code, so it cannot measure it")
         return connect()
-    session = connect(rpc_address, tracker, key or (spec.rpc_key if tracker else None), timeout)
+    session = connect(rpc_address, tracker, key or (spec.rpc_key if tracker else None), timeout,
+                      session_timeout=SEARCH_SESSION_TIMEOUT)
     if session.arch != spec.arch:
         raise UserError(f"--tune: the device at {session.where} is {session.arch}, but {spec.name} "
                         f"code is {spec.arch}: tune {spec.name} on its own kind of board")

@@ -77,6 +77,13 @@ def test_compile_tune_on_the_board_stores_and_uses_the_winners(tracker, model_pa
     assert list(got) == list(OUTPUTS)
 
 
+def test_module_cli_tunes_a_board_through_the_tracker(tracker, targets_copy, monkeypatch, capsys):
+    monkeypatch.setattr(tune, "SHAPES", [(64, 24, 3, 1, 1, 4, "bits")])
+    assert tune.main(["--target", "rpi4", "--tracker", tracker.address]) == 0
+    assert "rpi4: tuned on tracker" in capsys.readouterr().out
+    assert list(get_target("rpi4").params["shapes"]) == ["6x6x1>4x4x6:3x3:bits"]
+
+
 def test_x86_search_over_rpc_is_exact_and_keyed_like_the_local_one(x86_server):
     shape = (64, 24, 3, 1, 1, 4, "bits")
     session = tune.measuring_session(get_target("x86-generic"), rpc_address=x86_server.address)
