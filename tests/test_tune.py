@@ -1,14 +1,19 @@
 """The schedule-parameter search (sdbnn_deploy.tune) on a tiny shape: it runs, its winner is a valid
-parameter set that compiles and is exact, and the target description is rewritten atomically.
+parameter set that compiles and is exact, the target description is rewritten atomically, and
+`compile --tune` on this host stores the winners and compiles an exact artifact with them.
 No timing is asserted (machines are noisy)."""
 import numpy as np
+import onnx
 import pytest
 import tvm
 
+from onnx_graphs import custom_op_model, onnxruntime_outputs
 from sdbnn_deploy import tune
 from sdbnn_deploy.bits import pack_signs
+from sdbnn_deploy.compile import compile_model
 from sdbnn_deploy.errors import UserError
 from sdbnn_deploy.ops import binary_conv2d
+from sdbnn_deploy.run import run_artifact
 from sdbnn_deploy.targets import get_target, host_target_name
 from sdbnn_deploy.tvm import kernels, schedule_x86
 
@@ -73,6 +78,12 @@ def test_write_params_is_atomic_and_keeps_the_rest(targets_copy):
     assert {k: v for k, v in after.params.items() if k != "shapes"} == \
         {k: v for k, v in before.params.items() if k != "shapes"}
     assert after.tvm_target == before.tvm_target and path.read_text().startswith(header)
+    # A second write replaces the table and keeps the hand-written [params] part (comments included).
+    params_part = path.read_text().partition(tune.SHAPES_COMMENT)[0]
+    second = {"4x4x1>2x2x6:3x3:int": {"tile_pixels": 1, "tile_blocks": 6, "epilogue": "row"}}
+    tune.write_params("x86-avx2", second)
+    assert get_target("x86-avx2").params["shapes"] == second
+    assert path.read_text().partition(tune.SHAPES_COMMENT)[0] == params_part
     # A value that cannot be written leaves the file as it was.
     text = path.read_text()
     with pytest.raises(TypeError):
@@ -85,3 +96,18 @@ def test_only_x86_targets_this_cpu_runs_can_be_tuned():
     with pytest.raises(UserError, match="only the x86 targets"):
         tune.runnable("rpi4")
     assert tune.runnable("x86-generic")
+
+
+def test_compile_tune_on_this_host_stores_the_winners_and_stays_exact(targets_copy, tmp_path, monkeypatch):
+    monkeypatch.setitem(tune.SEARCH_SPACES, "x86", lambda sch, params: tune.candidates(sch, params)[:2])
+    model = custom_op_model()
+    onnx.save(model, str(tmp_path / "tiny.onnx"))
+    artifact = compile_model(tmp_path / "tiny.onnx", "x86-generic", tmp_path / "out", tune=True)
+    stored = get_target("x86-generic").params["shapes"]
+    assert artifact.tuning.where.startswith("this host") and not artifact.tuning.emulated
+    assert {r.key: r.params for r in artifact.tuning.results}.items() <= stored.items()
+    assert len(artifact.tuning.results) == 3 and artifact.manifest["target"]["params"]["shapes"] == stored
+    x = np.random.default_rng(1).standard_normal((1, 20, 9, 7)).astype(np.float32)
+    got, want = run_artifact(artifact.path, x, threads=1), onnxruntime_outputs(model, x)
+    np.testing.assert_array_equal(got["bits"], want["bits"])
+    np.testing.assert_array_equal(got["counts"], want["counts"])
