@@ -13,7 +13,9 @@ target by schedule_x86 / schedule_arm) gets the generic schedule below. Each blo
 - an elementwise block's innermost loop is split by the widest of 16, 8 or 4 that divides it and the
   inner part vectorised;
 - a matrix product (one reduction axis) puts its output row below the reduction, accumulated in
-  registers (_row_below_reduction);
+  registers (_row_below_reduction); on x86 one with constant weights (the classifier) is summed in vector
+  lanes instead (float_matmul.py: its weights kept (N, K) by matmul_weights_nk, a Relax pass before
+  legalisation);
 - on x86 a conv (a function with a conv2d_nchw block) gets a register-tiled schedule from float_conv.py
   instead (its weights made HWIO by weights_to_hwio, a Relax pass before legalisation, where its plan puts
   output channels in the vector lanes); a reduction of one input (pooling window, the SE block's mean)
@@ -22,7 +24,8 @@ target by schedule_x86 / schedule_arm) gets the generic schedule below. Each blo
 - the outer spatial loops (up to two, fused) run in parallel when the block does enough work.
 
 It only reorders loops: every output element is computed by the same operations in the same order,
-except a long mean on x86 (partial sums in vector lanes: rounding differs, see _plain_reduction).
+except a long mean and a constant-weight matmul on x86 (partial sums in vector lanes: rounding differs,
+see _plain_reduction and float_matmul.py).
 A block whose schedule TVM refuses is left as it was.
 """
 import tvm
@@ -33,6 +36,7 @@ from tvm.s_tir.dlight import normalize_prim_func
 from sdbnn_deploy.tvm import OP_ATTR
 from sdbnn_deploy.tvm.float_conv import (MIN_PARALLEL_WORK, float_lanes, linear_coefficient, schedule_conv_function,
                                          weights_to_hwio)
+from sdbnn_deploy.tvm.float_matmul import matmul_weights_nk, schedule_matmul_function
 
 VECTOR_WIDTHS = (16, 8, 4)  # float32 lanes: zmm, ymm, xmm
 ROWS_SIDE_BY_SIDE = 8  # outputs of a plain sum reduced together (8 measured faster than 16 on the SE means)
@@ -43,7 +47,7 @@ def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
 
     @tvm.transform.module_pass(opt_level=0, name="sdbnn.CpuPipeline")
     def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        passes = (cpu_pipeline.library_dispatch_passes(target) + [weights_to_hwio(target)]
+        passes = (cpu_pipeline.library_dispatch_passes(target) + [weights_to_hwio(target), matmul_weights_nk(target)]
                   + cpu_pipeline.legalize_passes(target)
                   + [schedule_float_ops()] + cpu_pipeline.dataflow_lower_passes(target)
                   + cpu_pipeline.finalize_passes(target))
@@ -70,9 +74,10 @@ def schedule_float_ops() -> tvm.transform.Pass:
 def schedule_float_primfunc(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
     """The generic schedule of the module docstring; func unchanged if TVM cannot normalise it."""
     lanes = float_lanes(tvm.target.Target.current(allow_none=True))
-    conv = schedule_conv_function(func, lanes) if lanes else None
-    if conv is not None:
-        return conv
+    for special in (schedule_conv_function, schedule_matmul_function) if lanes else ():
+        scheduled = special(func, lanes)
+        if scheduled is not None:
+            return scheduled
     sch = s_tir.Schedule(func)
     try:
         infos = normalize_prim_func(sch)
