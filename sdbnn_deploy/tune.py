@@ -9,8 +9,9 @@ per-shape parameters (SEARCH_SPACES) is scheduled, compiled for the target and t
                                                     the weight blocks, with between half and all of the
                                                     target's `accumulators`
                         epilogue                    "pixels" or "row" (where the output stage runs)
-    arm (schedule_arm)  tile_pixels                 divisors of the output width whose tile, times
-                                                    tile_vectors, fits schedule_arm.ACCUMULATORS registers
+    arm (schedule_arm)  tile_pixels x tile_vectors  register tiles whose sides divide the output width and
+                                                    a weight block's vectors (schedule_arm.tile_extents),
+                                                    with a quarter to all of its ACCUMULATORS q registers
 
 Where it is timed (Measure, one search for both): x86 targets this host's CPU runs, in this process; a
 board (Raspberry Pi, or any device serving `python -m tvm.exec.rpc_server`) over TVM RPC (connected and
@@ -115,12 +116,15 @@ def candidates(sch, params: dict) -> list[dict]:
 
 
 def arm_candidates(sch, params: dict) -> list[dict]:
-    """Every per-shape parameter set to try for the ARM conv scheduled by `sch`: the tile_pixels that
-    divide the output width and whose tile (x tile_vectors accumulators) fits schedule_arm.ACCUMULATORS."""
-    width = int(sch.get(sch.get_sblock("conv")).iter_vars[2].dom.extent)
-    vectors = int(params.get("tile_vectors", schedule_arm.DEFAULTS["tile_vectors"]))
-    fitting = [tw for tw in range(1, width + 1) if width % tw == 0 and tw * vectors <= schedule_arm.ACCUMULATORS]
-    return [{"tile_pixels": tw} for tw in fitting or [1]]
+    """Every per-shape parameter set to try for the ARM conv scheduled by `sch`: register tiles
+    tile_pixels x tile_vectors whose sides divide schedule_arm.tile_extents, with between a quarter and
+    all of schedule_arm.ACCUMULATORS 16-byte accumulators (else the largest tile that fits)."""
+    width, vectors = schedule_arm.tile_extents(sch)
+    most = schedule_arm.ACCUMULATORS
+    fitting = [(tw, tv) for tw in range(1, width + 1) for tv in range(1, vectors + 1)
+               if width % tw == 0 and vectors % tv == 0 and tw * tv <= most]
+    tiles = [(tw, tv) for tw, tv in fitting if tw * tv >= most // 4] or [max(fitting, key=lambda t: t[0] * t[1])]
+    return [{"tile_pixels": tw, "tile_vectors": tv} for tw, tv in tiles]
 
 
 # The search space of each schedule module (TargetSpec.schedule).

@@ -47,8 +47,10 @@ def test_compile_tune_on_the_board_stores_and_uses_the_winners(tracker, model_pa
                                                                  monkeypatch):
     rpi4 = targets_copy / "rpi4.toml"
     head = rpi4.read_text()
-    # Two candidates, neither the target's global tile_pixels (2): whichever wins differs from the default.
-    monkeypatch.setitem(tune.SEARCH_SPACES, "arm", lambda sch, params: [{"tile_pixels": 1}, {"tile_pixels": 4}])
+    # Two candidates, neither the target's global tile (2 pixels x 4 vectors, one whole weight block):
+    # whichever wins differs from the default, and both cut the weight blocks into parts.
+    space = [{"tile_pixels": 1, "tile_vectors": 2}, {"tile_pixels": 4, "tile_vectors": 1}]
+    monkeypatch.setitem(tune.SEARCH_SPACES, "arm", lambda sch, params: space)
     chosen = []  # (shape key, per-shape params) of every conv scheduled, in order
 
     def recorded_choice(sch, params, original=schedule_arm.conv_choice):
@@ -63,7 +65,7 @@ def test_compile_tune_on_the_board_stores_and_uses_the_winners(tracker, model_pa
 
     table = get_target("rpi4").params["shapes"]
     assert sorted(table) == ["10x10x1>8x8x18:3x3:bits", "4x4x2>4x4x2:1x1:int", "6x6x2>2x2x6:3x3:affine"]
-    assert all(entry["tile_pixels"] in (1, 4) for entry in table.values())
+    assert all(entry in space for entry in table.values())
     assert rpi4.read_text().startswith(head.rstrip("\n")), "the hand-written part of rpi4.toml must stay"
     # The compile after the search scheduled its three convs with the winners (the last three choices).
     assert dict(chosen[-3:]) == table
@@ -98,7 +100,8 @@ def test_arm_candidates_fit_the_registers_and_divide_the_width():
     func = tune.conv_primfunc(64, 24, 3, 1, 1, 8, "bits", lanes=4, conv=schedule_arm.conv_kernels(spec.params))
     sch = tvm.s_tir.Schedule(func)
     assert schedule_arm.conv_key(sch) == "10x10x1>8x8x6:3x3:bits"
-    assert tune.arm_candidates(sch, spec.params) == [{"tile_pixels": 1}, {"tile_pixels": 2}, {"tile_pixels": 4}]
+    tiles = [(c["tile_pixels"], c["tile_vectors"]) for c in tune.arm_candidates(sch, spec.params)]
+    assert tiles == [(1, 4), (2, 2), (2, 4), (4, 1), (4, 2), (4, 4), (8, 1), (8, 2)]
 
 
 @pytest.mark.parametrize("options, message", [

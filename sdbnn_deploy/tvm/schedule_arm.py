@@ -6,13 +6,19 @@ schedule_packed_max_pool2d(sch, params), plus conv_kernels(params): the module w
 compute (prepare_conv_weights, binary_conv2d) that the importer must use. They only reorder work:
 results are bit-identical.
 
-Params read here (defaults in DEFAULTS; targets/rpi*.toml set them): byte_lanes (use kernels_arm),
-tile_pixels and tile_vectors, the register tile of the conv (output pixels x 128-bit vectors of output
-channels; tile_pixels is an upper bound, the largest divisor of the output width within it is used), and
-shapes, per-layer-shape overrides {conv_key(...): {"tile_pixels": ...}} as in schedule_x86: the winners
-of the search on a board (sdbnn_deploy.tune over TVM RPC); other shapes use the values above. Only
-tile_pixels is per shape: byte_lanes and tile_vectors fix the weights' layout, which the importer makes
-for the whole model before any schedule runs (conv_lanes).
+Params read here (defaults in DEFAULTS; targets/rpi*.toml set them):
+    byte_lanes    use kernels_arm (uint8 partial sums, below), else kernels (uint64 word lanes)
+    tile_pixels   output pixels per register tile (an upper bound: the largest divisor of the output
+                  width within it is used)
+    tile_vectors  with byte lanes: V, the output channels per weight block, i.e. the weights' layout
+                  (conv_lanes), and the tile's 16-byte accumulators per pixel; with word lanes: the
+                  tile's blocks of 2 channels (an upper bound, as tile_pixels)
+    shapes        per-layer-shape overrides {conv_key(...): {tile_pixels, tile_vectors}} as in
+                  schedule_x86: the winners of the search on a board (sdbnn_deploy.tune over TVM RPC);
+                  other shapes use the values above. A per-shape tile_vectors changes the register tile
+                  only, never the layout (the importer lays out every conv's weights with the global V
+                  before any schedule runs): with byte lanes the tile then takes the largest divisor of V
+                  within it, and a weight block is covered by V / that many tiles.
 
 With byte_lanes (kernels_arm, the default): one q register holds 16 bytes of ONE output channel's
 words; V = tile_vectors output channels per weight block. Per tile of pixels x V channels the uint8
@@ -33,7 +39,7 @@ from sdbnn_deploy.tvm import kernels, kernels_arm
 from sdbnn_deploy.tvm.schedule_x86 import _mode, _parallel_rows
 
 DEFAULTS = {"byte_lanes": True, "tile_pixels": 2, "tile_vectors": 4, "shapes": {}}
-SHAPE_PARAMS = ("tile_pixels",)
+SHAPE_PARAMS = ("tile_pixels", "tile_vectors")
 LANES = 2  # uint64 words per 128-bit NEON register (word lanes)
 ACCUMULATORS = 16  # q registers a register tile may hold (of 32: the rest for input and weight vectors)
 
@@ -55,6 +61,14 @@ def conv_key(sch: s_tir.Schedule) -> str:
     _, oh, ow, blocks, _ = (int(iv.dom.extent) for iv in sch.get(sch.get_sblock("conv")).iter_vars)
     _, kh, kw = (int(d) for d in params[1].shape[:3])
     return f"{hp}x{wp}x{int(params[0].shape[3])}>{oh}x{ow}x{blocks}:{kh}x{kw}:{_mode(sch)}"
+
+
+def tile_extents(sch: s_tir.Schedule) -> tuple[int, int]:
+    """(output width, vectors) that a register tile of this conv spans parts of: tile_pixels divides the
+    first; tile_vectors divides the second (byte lanes: V, the channels of a weight block; word lanes:
+    the blocks)."""
+    _, _, width, blocks, lanes = (int(iv.dom.extent) for iv in sch.get(sch.get_sblock("conv")).iter_vars)
+    return width, lanes if _has_block(sch, "widen") else blocks
 
 
 def conv_choice(sch: s_tir.Schedule, params) -> dict:
@@ -103,9 +117,10 @@ def _has_block(sch: s_tir.Schedule, name: str) -> bool:
 
 def _schedule_byte_lanes(sch: s_tir.Schedule, params) -> None:
     """kernels_arm's compute: a register tile of output pixels x V output channels (one 16-byte
-    accumulator each) per parallel row. Per tile: uint16 sums ("widen", local) over the chunks; per chunk
-    the uint8 sums ("popcount_bytes", local) with the chunk's reduction loops outside the unrolled tile and
-    the 16 bytes vectorised (the hot loop: eor, cnt .16b, add .16b); then lane sums, conv and output."""
+    accumulator each; a divisor of V when the shape's tile_vectors asks for fewer) per parallel row. Per
+    tile: uint16 sums ("widen", local) over the chunks; per chunk the uint8 sums ("popcount_bytes", local)
+    with the chunk's reduction loops outside the unrolled tile and the 16 bytes vectorised (the hot loop:
+    eor, cnt .16b, add .16b); then lane sums, conv and output."""
     choice = conv_choice(sch, params)
     pad, part, widen, *halves, counts, conv, out = (sch.get_sblock(name) for name in kernels_arm.BLOCKS)
     _parallel_rows(sch, pad)
@@ -113,25 +128,30 @@ def _schedule_byte_lanes(sch: s_tir.Schedule, params) -> None:
 
     n, oh, ow, b, v = sch.get_loops(conv)
     tw = _largest_divisor(_extent(sch, ow), choice["tile_pixels"])
-    lanes = _extent(sch, v)
+    tv = _largest_divisor(_extent(sch, v), choice["tile_vectors"])
     owo, owi = sch.split(ow, [None, tw])
-    sch.reorder(n, oh, owo, b, owi, v)
+    if tv < _extent(sch, v):  # a tile of fewer channels than a weight block holds: blocks cut in parts
+        tile_at, v = sch.split(v, [None, tv])
+        sch.reorder(n, oh, owo, b, tile_at, owi, v)
+    else:
+        tile_at = b
+        sch.reorder(n, oh, owo, b, owi, v)
     sch.parallel(sch.fuse(n, oh))
-    tile = {"owi": tw, "v": lanes}
+    tile = {"owi": tw, "v": tv}
 
-    sch.compute_at(counts, b)
+    sch.compute_at(counts, tile_at)
     for block, width in reversed(list(zip(halves, kernels_arm.HALVES))):
-        sch.compute_at(block, b)
+        sch.compute_at(block, tile_at)
         sch.set_scope(block, 0, "local")
         _tile_inside(sch, _named_loops(sch, block, {**tile, "byte": width}), [])
-    sch.compute_at(widen, b)
+    sch.compute_at(widen, tile_at)
     sch.set_scope(widen, 0, "local")
     chunks = _reductions(sch, widen)
     loops = _named_loops(sch, widen, {**tile, "byte": kernels_arm.QUAD_BYTES, **chunks})
     chunk_loops = _tile_inside(sch, loops, list(chunks))
     if chunk_loops:
         sch.decompose_reduction(widen, chunk_loops[0])
-    chunk_loop = chunk_loops[-1] if chunk_loops else b
+    chunk_loop = chunk_loops[-1] if chunk_loops else tile_at
 
     sch.compute_at(part, chunk_loop)
     sch.set_scope(part, 0, "local")
