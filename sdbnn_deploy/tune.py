@@ -59,8 +59,8 @@ REQUIRED_FLAGS = {"x86-avx512": {"avx512f", "avx512_vpopcntdq"}, "x86-avx2": {"a
 
 @dataclass
 class Result:
-    key: str  # schedule_x86.conv_key
-    params: dict  # the winner: tile_pixels, tile_blocks, epilogue
+    key: str  # the schedule module's conv_key
+    params: dict  # the winner: x86 tile_pixels, tile_blocks, epilogue; arm tile_pixels, tile_vectors
     seconds: float  # the winner's time
     default_seconds: float  # the time with the target's global params (no shapes table)
     candidates: int
@@ -206,7 +206,7 @@ def measuring_session(spec, rpc_address=None, tracker=None, key=None, timeout=DE
         return connect()
     session = connect(rpc_address, tracker, key or (spec.rpc_key if tracker else None), timeout,
                       session_timeout=SEARCH_SESSION_TIMEOUT)
-    if session.arch != spec.arch:
+    if session.arch not in (spec.arch, "unknown"):  # a device that does not say is tried (as by profile)
         raise UserError(f"--tune: the device at {session.where} is {session.arch}, but {spec.name} "
                         f"code is {spec.arch}: tune {spec.name} on its own kind of board")
     return session
