@@ -3,8 +3,9 @@ clips, pooling, means), and the Relax pipeline that applies them.
 
 tvm.compile's "default" Relax pipeline for a CPU target legalises every op to a plain loop nest: one
 thread, no vectors, no fusion (BatchNorm, then max, then min, each a pass over memory). relax_pipeline()
-is TVM's CPU pipeline (dispatch, legalise, fold constants, fuse, lower, finalise) with one pass added
-after fusion: every PrimFunc that is not one of our kernels (those carry OP_ATTR and are scheduled per
+is TVM's CPU pipeline (dispatch, legalise, fold constants, fuse, lower, finalise) with Relax rewrites
+before legalisation (max_pool_before_cast: an integer conv output is pooled before its cast, exact;
+weights_to_hwio and matmul_weights_nk: weight layouts, below) and one pass added after fusion: every PrimFunc that is not one of our kernels (those carry OP_ATTR and are scheduled per
 target by schedule_x86 / schedule_arm) gets the generic schedule below. Each block of such a function:
 
 - elementwise blocks are inlined into elementwise consumers where TVM allows it (a fused chain such as
@@ -37,6 +38,7 @@ from sdbnn_deploy.tvm import OP_ATTR
 from sdbnn_deploy.tvm.float_conv import (MIN_PARALLEL_WORK, float_lanes, linear_coefficient, schedule_conv_function,
                                          weights_to_hwio)
 from sdbnn_deploy.tvm.float_matmul import matmul_weights_nk, schedule_matmul_function
+from sdbnn_deploy.tvm.pool_before_cast import max_pool_before_cast
 
 VECTOR_WIDTHS = (16, 8, 4)  # float32 lanes: zmm, ymm, xmm
 ROWS_SIDE_BY_SIDE = 8  # outputs of a plain sum reduced together (8 measured faster than 16 on the SE means)
@@ -47,7 +49,8 @@ def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
 
     @tvm.transform.module_pass(opt_level=0, name="sdbnn.CpuPipeline")
     def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        passes = (cpu_pipeline.library_dispatch_passes(target) + [weights_to_hwio(target), matmul_weights_nk(target)]
+        passes = (cpu_pipeline.library_dispatch_passes(target)
+                  + [max_pool_before_cast(), weights_to_hwio(target), matmul_weights_nk(target)]
                   + cpu_pipeline.legalize_passes(target)
                   + [schedule_float_ops()] + cpu_pipeline.dataflow_lower_passes(target)
                   + cpu_pipeline.finalize_passes(target))

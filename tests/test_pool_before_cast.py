@@ -1,0 +1,49 @@
+"""max_pool_before_cast: max-pool of a cast integer tensor pools the integers first, bit-identical."""
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from sdbnn_deploy.tvm.pool_before_cast import max_pool_before_cast
+from sdbnn_deploy.tvm.schedule_float import relax_pipeline
+
+AVX512 = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v4"})
+
+
+def _cast_then_pool(shape, padding=0, ceil_mode=False):
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "int32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.astype(x, "float32"))
+            out = bb.emit_output(relax.op.nn.max_pool2d(y, pool_size=2, strides=2, padding=padding,
+                                                        ceil_mode=ceil_mode))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_pool_reads_the_integers_and_the_cast_follows():
+    text = str(max_pool_before_cast()(_cast_then_pool((1, 512, 8, 8)))["main"])
+    assert text.index("R.nn.max_pool2d") < text.index("R.astype") and text.count("R.astype") == 1
+
+
+def test_padded_pool_is_left_alone():
+    text = str(max_pool_before_cast()(_cast_then_pool((1, 8, 8, 8), padding=1))["main"])
+    assert text.index("R.astype") < text.index("R.nn.max_pool2d")
+
+
+@pytest.mark.parametrize("shape, ceil_mode", [((1, 512, 8, 8), False), ((2, 16, 7, 9), True)])
+def test_compiled_result_equals_numpy_bit_for_bit(shape, ceil_mode):
+    """Values beyond 2**24 round when cast: max and the (monotone) cast still commute exactly."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(-2**31, 2**31 - 1, shape, dtype=np.int64).astype(np.int32)
+    x.flat[::7] = 2**24 + 1  # ties after rounding
+    vm = relax.VirtualMachine(tvm.compile(_cast_then_pool(shape, ceil_mode=ceil_mode), target=AVX512,
+                                          relax_pipeline=relax_pipeline(AVX512)), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x)).numpy()
+    n, c, h, w = shape
+    oh, ow = ((size - 1) // 2 + 1 if ceil_mode else size // 2 for size in (h, w))  # 2x2 windows, stride 2
+    padded = np.full((n, c, 2 * oh, 2 * ow), -np.inf, np.float32)
+    padded[:, :, :h, :w] = x.astype(np.float32)
+    expected = padded.reshape(n, c, oh, 2, ow, 2).max((3, 5))
+    assert got.dtype == np.float32 and np.array_equal(got, expected)
