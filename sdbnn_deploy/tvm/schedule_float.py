@@ -5,8 +5,9 @@ tvm.compile's "default" Relax pipeline for a CPU target legalises every op to a 
 thread, no vectors, no fusion (BatchNorm, then max, then min, each a pass over memory). relax_pipeline()
 is TVM's CPU pipeline (dispatch, legalise, fold constants, fuse, lower, finalise) with Relax rewrites
 before legalisation (max_pool_before_cast: an integer conv output is pooled before its cast, exact;
-weights_to_hwio and matmul_weights_nk: weight layouts, below) and one pass added after fusion: every PrimFunc that is not one of our kernels (those carry OP_ATTR and are scheduled per
-target by schedule_x86 / schedule_arm) gets the generic schedule below. Each block of such a function:
+weights_to_hwio and matmul_weights_nk: weight layouts, below) and one pass added after fusion: every
+PrimFunc that is not one of our kernels (those carry OP_ATTR and are scheduled per target by
+schedule_x86 / schedule_arm) gets the generic schedule below. Each block of such a function:
 
 - elementwise blocks are inlined into elementwise consumers where TVM allows it (a fused chain such as
   BatchNorm -> max -> min becomes one loop nest); a producer of a reduction (the padding of a conv)
