@@ -3,6 +3,8 @@ Raspberry Pi 4 (sdbnn_deploy.board; its times mean nothing, so none is asserted)
 temporary copy of targets/rpi4.toml, the artifact is compiled with them and equals onnxruntime; clear
 errors for a missing, unreachable or wrong board and an unknown tracker key.
 Needs the board's root filesystem (scripts/setup-system.sh, built once, see tests/test_board.py)."""
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -69,6 +71,7 @@ def test_compile_tune_on_the_board_stores_and_uses_the_winners(tracker, model_pa
     assert rpi4.read_text().startswith(head.rstrip("\n")), "the hand-written part of rpi4.toml must stay"
     # The compile after the search scheduled its three convs with the winners (the last three choices).
     assert dict(chosen[-3:]) == table
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["target"]["params"]["shapes"] == table
 
     x = np.random.default_rng(3).standard_normal(SHAPE).astype(np.float32)
     got = run_artifact(tmp_path / "out", x, threads=1)
