@@ -50,11 +50,14 @@ def binarize_pack(x: te.Tensor, shift: te.Tensor) -> te.Tensor:
     def word(i, y, xx, k):
         ch = k * WORD_BITS + bit
         # Channels past C (the last word's padding bits) must not be read: the test ch < c below does not
-        # guard the loads (LLVM evaluates both sides of the And), so they read channel min(ch, C-1).
+        # guard the loads (both sides of the And and of the Select are evaluated), so they read channel
+        # min(ch, C-1). Select, not if_then_else: TVM scalarises an if_then_else in a vectorised loop.
+        # The bit is set where NOT (X + shift > 0), written as the Select's else branch: TVM's simplifier
+        # rewrites Not(a > 0) into a <= 0, which is false for NaN (the reference's NaN gives -1, bit 1).
         read = tirx.min(ch, c - 1)
         s = shift[i, read] if per_sample else shift[read]
-        negative = tirx.Not(x[i, read, y, xx] + s > tirx.const(0, "float32"))
-        set_bit = tirx.if_then_else(tirx.all(ch < c, negative), _u64(1) << bit.var.astype("uint64"), _u64(0))
+        clear = tirx.any(ch >= c, x[i, read, y, xx] + s > tirx.const(0, "float32"))
+        set_bit = tirx.Select(clear, _u64(0), _u64(1) << bit.var.astype("uint64"))
         return te.sum(set_bit, axis=bit)
 
     return te.compute((n, h, w, words_for(c)), word, name="binarize_pack")

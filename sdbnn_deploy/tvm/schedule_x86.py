@@ -188,16 +188,43 @@ def _schedule_conv_output(sch: s_tir.Schedule, out) -> None:
 
 
 def schedule_binarize_pack(sch: s_tir.Schedule, params) -> None:
-    """Per row and word: 64 contiguous NCHW channel rows, each compared and OR-ed into a local row of
-    words (vectorised along the width), then stored once."""
+    """Per chunk of pixels (H and W fused: an NCHW channel plane is contiguous) and word: the 64 channels'
+    runs of those pixels, each compared in float vectors and added into the chunk's words, which stay in
+    registers (lanes x accumulators uint64), then stored once.
+
+    A vector holds 2 x lanes floats (one register of float32; its bits fill two registers of uint64), a
+    chunk lanes x accumulators pixels: AVX-512 compares 16 pixels per instruction and keeps 128 pixels'
+    words in 16 zmm. Long chunks matter on big planes: each visit of a channel reads 512 contiguous bytes,
+    not one line 4 KB away from the last (VGG-Small 128x32x32: 9.7 -> 4.6 us, 256x16x16: 18 -> 2.4 us,
+    one core; the row-wise schedule before compared one image row at a time and LLVM turned it into gathers).
+    """
     block = sch.get_sblock("binarize_pack")
     n, h, w, k, bit = sch.get_loops(block)
-    sch.reorder(n, h, k, bit, w)
-    sch.parallel(sch.fuse(n, h))
+    lanes = conv_lanes(params)
+    chunk = _row_chunk(_extent(sch, h), _extent(sch, w), lanes * int(_param(params, "accumulators")))
+    vector = _largest_divisor(chunk, 2 * lanes)
+    pixels = sch.fuse(h, w)
+    outer, vectors, inner = sch.split(pixels, [None, chunk // vector, vector])
+    sch.reorder(n, outer, k, bit, vectors, inner)
+    sch.parallel(sch.fuse(n, outer))
     store = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(store, k)
-    sch.vectorize(w)
+    sch.vectorize(inner)
+    sch.unroll(vectors)
+    sch.unroll(bit)
     sch.decompose_reduction(block, bit)
+
+
+def _row_chunk(height: int, width: int, limit: int) -> int:
+    """The most pixels, at most limit, in a chunk of an H x W plane that is whole rows or a part of one
+    row (a chunk that ends inside a row makes TVM store the words of a bounding box of rows: wrong)."""
+    return max(d for d in range(1, height * width + 1)
+               if d <= limit and (width % d == 0 or (d % width == 0 and height * width % d == 0)))
+
+
+def _largest_divisor(extent: int, limit: int) -> int:
+    """The largest divisor of extent that is at most limit."""
+    return next(d for d in range(min(extent, limit), 0, -1) if extent % d == 0)
 
 
 def schedule_packed_max_pool2d(sch: s_tir.Schedule, params) -> None:
