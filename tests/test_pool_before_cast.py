@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 import tvm
 from tvm import relax
+from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 
 from sdbnn_deploy.tvm.pool_before_cast import max_pool_before_cast
-from sdbnn_deploy.tvm.schedule_float import relax_pipeline
+from sdbnn_deploy.tvm.schedule_float import relax_pipeline, schedule_float_primfunc
 
 AVX512 = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v4"})
 
@@ -32,9 +33,20 @@ def test_padded_pool_is_left_alone():
     assert text.index("R.astype") < text.index("R.nn.max_pool2d")
 
 
-@pytest.mark.parametrize("shape, ceil_mode", [((1, 512, 8, 8), False), ((2, 16, 7, 9), True)])
-def test_compiled_result_equals_numpy_bit_for_bit(shape, ceil_mode):
-    """Values beyond 2**24 round when cast: max and the (monotone) cast still commute exactly."""
+def _scheduled(mod) -> str:
+    with AVX512:
+        legalized = tvm.transform.Sequential([max_pool_before_cast()] + cpu_pipeline.legalize_passes(AVX512))(mod)
+        return "".join(str(schedule_float_primfunc(f)) for f in legalized.functions.values()
+                       if isinstance(f, tvm.tirx.PrimFunc))
+
+
+@pytest.mark.parametrize("shape, ceil_mode, in_rows", [((1, 512, 8, 8), False, True), ((2, 16, 7, 9), True, True),
+                                                       ((1, 4, 80, 80), False, False)])
+def test_compiled_result_equals_numpy_bit_for_bit(shape, ceil_mode, in_rows):
+    """Values beyond 2**24 round when cast: max and the (monotone) cast still commute exactly. Rows of at
+    most 4 vectors (not 80 int32) whose windows tile them (ceil_mode pads 9 to 10) are pooled as whole rows
+    in the vector lanes."""
+    assert ("_rf" in _scheduled(_cast_then_pool(shape, ceil_mode=ceil_mode))) == in_rows
     rng = np.random.default_rng(0)
     x = rng.integers(-2**31, 2**31 - 1, shape, dtype=np.int64).astype(np.int32)
     x.flat[::7] = 2**24 + 1  # ties after rounding

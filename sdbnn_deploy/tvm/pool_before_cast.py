@@ -11,10 +11,15 @@ This Relax pass (before legalisation) rewrites
 so the pool reads the integers and the cast, now over the pooled values only, fuses with the BN and clip
 after it into one elementwise loop. Without padding every window holds real values, so the padding value
 (-inf for floats, the dtype's minimum for integers) never matters. Results are bit-identical.
+
+schedule_integer_pool (x86, from schedule_float's pass) then schedules that pool of short rows, which the
+generic pooling schedule leaves one output at a time, with whole input rows in the vector lanes.
 """
 import tvm
-from tvm import relax
+from tvm import relax, s_tir
 from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from sdbnn_deploy.tvm.float_conv import linear_coefficient
 
 
 def max_pool_before_cast() -> tvm.transform.Pass:
@@ -57,3 +62,67 @@ class _PoolRewriter(PyExprMutator):
 
 def _integer(ty) -> bool:
     return isinstance(ty, relax.TensorType) and str(ty.dtype).startswith(("int", "uint"))
+
+
+# ---- TIR: the pool of the integers, whole input rows in vector lanes -----------------------------------
+
+POOL_BLOCK = "pool_max"
+
+
+def schedule_integer_pool(func: tvm.tirx.PrimFunc, lanes: int) -> tvm.tirx.PrimFunc | None:
+    """func with its integer max-pool block reduced row by row in vectors, or None where it has no such
+    block or the pool is not of the form below (then the generic schedule applies).
+
+    Form: windows kh x kw with strides (kh, kw), no padding, output rows of ow * kw == the input's width,
+    at most 4 * lanes values (VGG-Small's head: 2x2/2 over 512x8x8, rows of 8 int32). The window's column
+    offset r1 is split off (rfactor): per output row, kh input rows are max-ed lane by lane as whole
+    vectors (the input row is contiguous), then the kw columns of each window out of those registers; the
+    cast after it is done on the same row. 8192 outputs: generic (one output at a time) 8 -> 1 us, one core.
+    Max of integers does not depend on the order: bit-identical."""
+    sch = s_tir.Schedule(func)
+    try:
+        pool = sch.get_sblock(POOL_BLOCK)
+    except (s_tir.ScheduleError, ValueError, RuntimeError):  # no such block (TVM raises several types)
+        return None
+    if not _whole_row_windows(sch.get(pool), lanes):
+        return None
+    try:
+        _rows_in_vectors(sch, pool)
+    except (s_tir.ScheduleError, ValueError, RuntimeError):
+        return None
+    return sch.mod["main"]
+
+
+def _whole_row_windows(block, lanes: int) -> bool:
+    """An integer NCHW pool (n, c, oh, ow, r0, r1) with strides == window and rows ow * kw == W <= 4*lanes."""
+    if "".join("S" if iv.iter_type == 0 else "R" for iv in block.iter_vars) != "SSSSRR" or len(block.reads) != 1:
+        return False
+    if not str(block.writes[0].source.dtype).startswith(("int", "uint")):
+        return False
+    _, _, oh, ow, r0, r1 = block.iter_vars
+    source, rows, cols = block.reads[0].source, block.reads[0].region[2].min, block.reads[0].region[3].min
+    kh, kw, out_w = int(r0.dom.extent), int(r1.dom.extent), int(ow.dom.extent)
+    return (linear_coefficient(rows, oh.var) == kh and linear_coefficient(rows, r0.var) == 1
+            and linear_coefficient(cols, ow.var) == kw and linear_coefficient(cols, r1.var) == 1
+            and int(source.shape[3]) == out_w * kw <= 4 * lanes)
+
+
+def _rows_in_vectors(sch: s_tir.Schedule, pool) -> None:
+    """rfactor over r1: partial[.., ow, r1] = max over r0 (vectorised over the row (ow, r1)), then the max
+    over r1 with ow in lanes, and every consumer (the cast) on the same output row; all in registers."""
+    consumers = sch.get_consumers(pool)
+    *_, r1 = sch.get_loops(pool)
+    partial = sch.rfactor(r1, 4)
+    _, _, oh, ow, r0, r1 = sch.get_loops(partial)
+    sch.reorder(r0, ow, r1)
+    sch.vectorize(sch.fuse(ow, r1))
+    sch.decompose_reduction(partial, r0)
+    sch.set_scope(partial, 0, "local")
+    sch.reverse_compute_at(pool, oh)
+    columns, out = sch.get_loops(pool)[-2:]
+    sch.vectorize(out)
+    sch.decompose_reduction(pool, columns)
+    sch.set_scope(pool, 0, "local")
+    for consumer in consumers:
+        sch.reverse_compute_at(consumer, oh)
+        sch.vectorize(sch.get_loops(consumer)[-1])

@@ -39,7 +39,7 @@ from sdbnn_deploy.tvm import OP_ATTR
 from sdbnn_deploy.tvm.float_conv import (MIN_PARALLEL_WORK, float_lanes, linear_coefficient, schedule_conv_function,
                                          weights_to_hwio)
 from sdbnn_deploy.tvm.float_matmul import matmul_weights_nk, schedule_matmul_function
-from sdbnn_deploy.tvm.pool_before_cast import max_pool_before_cast
+from sdbnn_deploy.tvm.pool_before_cast import max_pool_before_cast, schedule_integer_pool
 
 VECTOR_WIDTHS = (16, 8, 4)  # float32 lanes: zmm, ymm, xmm
 ROWS_SIDE_BY_SIDE = 8  # outputs of a plain sum reduced together (8 measured faster than 16 on the SE means)
@@ -78,7 +78,7 @@ def schedule_float_ops() -> tvm.transform.Pass:
 def schedule_float_primfunc(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
     """The generic schedule of the module docstring; func unchanged if TVM cannot normalise it."""
     lanes = float_lanes(tvm.target.Target.current(allow_none=True))
-    for special in (schedule_conv_function, schedule_matmul_function) if lanes else ():
+    for special in (schedule_conv_function, schedule_matmul_function, schedule_integer_pool) if lanes else ():
         scheduled = special(func, lanes)
         if scheduled is not None:
             return scheduled
