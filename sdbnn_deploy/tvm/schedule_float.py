@@ -29,6 +29,8 @@ It only reorders loops: every output element is computed by the same operations 
 except a long mean and a constant-weight matmul on x86 (partial sums in vector lanes: rounding differs,
 see _plain_reduction and float_matmul.py).
 A block whose schedule TVM refuses is left as it was.
+The first rewrite before legalisation, unclipped_se, lets the SE block (its mean) and the BinarizePack
+of a dynamic-ASD conv read the conv's output before its hardtanh: exact, one pass fewer (its module).
 """
 import tvm
 from tvm import s_tir
@@ -36,6 +38,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 from tvm.s_tir.dlight import normalize_prim_func
 
 from sdbnn_deploy.tvm import OP_ATTR
+from sdbnn_deploy.tvm.unclipped_se import unclipped_se
 from sdbnn_deploy.tvm.float_conv import (MIN_PARALLEL_WORK, float_lanes, linear_coefficient, schedule_conv_function,
                                          weights_to_hwio)
 from sdbnn_deploy.tvm.float_matmul import matmul_weights_nk, schedule_matmul_function
@@ -50,7 +53,7 @@ def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
 
     @tvm.transform.module_pass(opt_level=0, name="sdbnn.CpuPipeline")
     def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        passes = (cpu_pipeline.library_dispatch_passes(target)
+        passes = (cpu_pipeline.library_dispatch_passes(target) + [unclipped_se()]
                   + [max_pool_before_cast(), weights_to_hwio(target), matmul_weights_nk(target)]
                   + cpu_pipeline.legalize_passes(target)
                   + [schedule_float_ops()] + cpu_pipeline.dataflow_lower_passes(target)
