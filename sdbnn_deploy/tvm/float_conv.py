@@ -18,7 +18,9 @@ conv_plan (figures: one Zen 5 core, AVX-512, the legalised conv alone, before ->
 
 Both keep each output element's sum in the original order (c, kh, kw, starting from 0): the results are
 bit-identical to the unscheduled loop nest. The accumulator tile lives in a "local" buffer laid out with
-the vector axis innermost, so that LLVM keeps it in registers; it is stored once per tile. The outer
+the vector axis innermost, so that LLVM keeps it in registers; it is stored once per tile, and the
+elementwise ops TVM fused after the conv (its BatchNorm as x * a + b, a residual add, hardtanh) are
+computed by that store (_inline_epilogue: ResNet-18 stem conv + BN 35 -> 25 us). The outer
 loops (output-channel blocks x rows) run in parallel. Applied on x86 targets only (float_lanes is None
 elsewhere).
 """
@@ -160,13 +162,14 @@ def schedule_float_conv(sch: s_tir.Schedule, block, lanes: int) -> bool:
     if plan == "channels" and hwio:
         pixels = _largest_divisor(out_w, budget)
         vectors = _largest_divisor(cout // lanes, max(1, budget // pixels))
-        _register_tile(sch, block, lanes_axis="f", vectors=vectors, lanes=lanes, other=pixels)
+        store = _register_tile(sch, block, lanes_axis="f", vectors=vectors, lanes=lanes, other=pixels)
     elif plan == "pixels" and not hwio:
         channels = _largest_divisor(cout, budget // 2)
-        _register_tile(sch, block, lanes_axis="x", vectors=2, lanes=lanes, other=channels)
+        store = _register_tile(sch, block, lanes_axis="x", vectors=2, lanes=lanes, other=channels)
     else:
         return False
     _inline_plain_padding(sch)
+    _inline_epilogue(sch, store)
     return True
 
 
@@ -195,8 +198,9 @@ def linear_coefficient(expr, var) -> int | None:
     return None
 
 
-def _register_tile(sch: s_tir.Schedule, block, lanes_axis: str, vectors: int, lanes: int, other: int) -> None:
-    """Loop order (n, f_outer, y, x_outer, c, kh, kw, tile...) with the tile accumulated in registers.
+def _register_tile(sch: s_tir.Schedule, block, lanes_axis: str, vectors: int, lanes: int, other: int):
+    """Loop order (n, f_outer, y, x_outer, c, kh, kw, tile...) with the tile accumulated in registers;
+    returns the block that stores the tile.
 
     lanes_axis "f": tile = (f_mid=vectors, x_inner=other, f_inner=lanes), f_inner vectorised;
     lanes_axis "x": tile = (f_inner=other, x_mid=vectors, x_inner=lanes), x_inner vectorised.
@@ -229,6 +233,20 @@ def _register_tile(sch: s_tir.Schedule, block, lanes_axis: str, vectors: int, la
     else:
         sch.vectorize(sch.get_loops(store)[-1])
     sch.decompose_reduction(block, c)
+    return store
+
+
+def _inline_epilogue(sch: s_tir.Schedule, store) -> None:
+    """The elementwise ops fused after the conv (its BN as x * a + b, a residual add, hardtanh) computed
+    where the accumulator tile is stored, one by one while TVM allows it: no pass over the conv output."""
+    while True:
+        consumers = sch.get_consumers(store)
+        if len(consumers) != 1:
+            return
+        try:
+            sch.reverse_compute_inline(consumers[0])
+        except s_tir.ScheduleError:
+            return
 
 
 def _inline_plain_padding(sch: s_tir.Schedule) -> None:

@@ -5,9 +5,10 @@ tvm.compile's "default" Relax pipeline for a CPU target legalises every op to a 
 thread, no vectors, no fusion (BatchNorm, then max, then min, each a pass over memory). relax_pipeline()
 is TVM's CPU pipeline (dispatch, legalise, fold constants, fuse, lower, finalise) with Relax rewrites
 before legalisation (max_pool_before_cast: an integer conv output is pooled before its cast, exact;
-weights_to_hwio and matmul_weights_nk: weight layouts, below) and one pass added after fusion: every
-PrimFunc that is not one of our kernels (those carry OP_ATTR and are scheduled per target by
-schedule_x86 / schedule_arm) gets the generic schedule below. Each block of such a function:
+batchnorm_as_affine: BatchNorm as x * a + b; weights_to_hwio and matmul_weights_nk: weight layouts,
+below) and one pass added after fusion: every PrimFunc that is not one of our kernels (those carry
+OP_ATTR and are scheduled per target by schedule_x86 / schedule_arm) gets the generic schedule below.
+Each block of such a function:
 
 - elementwise blocks are inlined into elementwise consumers where TVM allows it (a fused chain such as
   BatchNorm -> max -> min becomes one loop nest); a producer of a reduction (the padding of a conv)
@@ -29,8 +30,6 @@ It only reorders loops: every output element is computed by the same operations 
 except a long mean and a constant-weight matmul on x86 (partial sums in vector lanes: rounding differs,
 see _plain_reduction and float_matmul.py).
 A block whose schedule TVM refuses is left as it was.
-The first rewrite before legalisation, unclipped_se, lets the SE block (its mean) and the BinarizePack
-of a dynamic-ASD conv read the conv's output before its hardtanh: exact, one pass fewer (its module).
 """
 import tvm
 from tvm import s_tir
@@ -38,7 +37,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 from tvm.s_tir.dlight import normalize_prim_func
 
 from sdbnn_deploy.tvm import OP_ATTR
-from sdbnn_deploy.tvm.unclipped_se import unclipped_se
+from sdbnn_deploy.tvm.batchnorm_affine import batchnorm_as_affine
 from sdbnn_deploy.tvm.float_conv import (MIN_PARALLEL_WORK, float_lanes, linear_coefficient, schedule_conv_function,
                                          weights_to_hwio)
 from sdbnn_deploy.tvm.float_matmul import matmul_weights_nk, schedule_matmul_function
@@ -53,8 +52,8 @@ def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
 
     @tvm.transform.module_pass(opt_level=0, name="sdbnn.CpuPipeline")
     def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        passes = (cpu_pipeline.library_dispatch_passes(target) + [unclipped_se()]
-                  + [max_pool_before_cast(), weights_to_hwio(target), matmul_weights_nk(target)]
+        passes = (cpu_pipeline.library_dispatch_passes(target)
+                  + [max_pool_before_cast(), batchnorm_as_affine(), weights_to_hwio(target), matmul_weights_nk(target)]
                   + cpu_pipeline.legalize_passes(target)
                   + [schedule_float_ops()] + cpu_pipeline.dataflow_lower_passes(target)
                   + cpu_pipeline.finalize_passes(target))
