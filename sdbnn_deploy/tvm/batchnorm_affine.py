@@ -15,20 +15,12 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from sdbnn_deploy.passes.fold_threshold import bn_coefficients
+from sdbnn_deploy.tvm.relax_rewrite import mutator_pass
 
 
 def batchnorm_as_affine() -> tvm.transform.Pass:
     """A module pass: every R.nn.batch_norm(...)[0] (not training, constant parameters, float32) as x * a + b."""
-
-    @tvm.transform.module_pass(opt_level=0, name="sdbnn.BatchNormAsAffine")
-    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        rewriter = _BatchNormRewriter(mod)
-        for gvar, func in mod.functions.items():
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gvar, relax.analysis.remove_all_unused(rewriter.visit_expr(func)))
-        return rewriter.builder_.get()
-
-    return _pass
+    return mutator_pass("sdbnn.BatchNormAsAffine", _BatchNormRewriter)
 
 
 @mutator

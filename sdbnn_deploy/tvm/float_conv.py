@@ -29,6 +29,8 @@ import tvm
 from tvm import relax, s_tir
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from sdbnn_deploy.tvm.relax_rewrite import mutator_pass
+
 CONV_BLOCK = "conv2d_nchw"
 PAD_BLOCK = "pad_temp"
 MIN_PARALLEL_WORK = 1 << 14  # loop iterations below which threads cost more than they give
@@ -74,18 +76,7 @@ def weights_to_hwio(target: tvm.target.Target) -> tvm.transform.Pass:
     """A module pass (before LegalizeOps): each NCHW/OIHW float32 conv2d with constant weights, groups 1 and
     conv_plan 'channels' gets its weights transposed to HWIO (kernel_layout="HWIO"); nothing elsewhere."""
     lanes = float_lanes(target)
-
-    @tvm.transform.module_pass(opt_level=0, name="sdbnn.FloatConvWeightsToHWIO")
-    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        if lanes is None:
-            return mod
-        rewriter = _HwioRewriter(mod, lanes)
-        for gvar, func in mod.functions.items():
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
-        return rewriter.builder_.get()
-
-    return _pass
+    return mutator_pass("sdbnn.FloatConvWeightsToHWIO", lambda mod: _HwioRewriter(mod, lanes) if lanes else None)
 
 
 @mutator

@@ -20,6 +20,7 @@ from tvm import relax, s_tir, te
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from sdbnn_deploy.tvm.float_conv import accumulator_budget, float_lanes
+from sdbnn_deploy.tvm.relax_rewrite import mutator_pass
 
 MATMUL_NT = "matmul_nt"  # the name of the compute's block and PrimFunc
 
@@ -28,19 +29,8 @@ def matmul_weights_nk(target: tvm.target.Target) -> tvm.transform.Pass:
     """A module pass (before LegalizeOps): each 2-D float32 R.matmul(x, W) with constant weights, given
     as W (K, N) or as permute_dims of a constant (N, K), becomes a call of MATMUL_NT on the (N, K) weights
     (x86 targets; nothing elsewhere)."""
-    lanes = float_lanes(target)
-
-    @tvm.transform.module_pass(opt_level=0, name="sdbnn.MatmulWeightsNK")
-    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        if lanes is None:
-            return mod
-        rewriter = _MatmulRewriter(mod)
-        for gvar, func in mod.functions.items():
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
-        return rewriter.builder_.get()
-
-    return _pass
+    x86 = float_lanes(target) is not None
+    return mutator_pass("sdbnn.MatmulWeightsNK", lambda mod: _MatmulRewriter(mod) if x86 else None)
 
 
 def matmul_nt(x: te.Tensor, w: te.Tensor) -> te.Tensor:

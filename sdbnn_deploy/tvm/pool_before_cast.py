@@ -20,20 +20,12 @@ from tvm import relax, s_tir
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from sdbnn_deploy.tvm.float_conv import linear_coefficient
+from sdbnn_deploy.tvm.relax_rewrite import mutator_pass
 
 
 def max_pool_before_cast() -> tvm.transform.Pass:
     """A module pass: the rewrite of the module docstring on every Relax function."""
-
-    @tvm.transform.module_pass(opt_level=0, name="sdbnn.MaxPoolBeforeCast")
-    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        rewriter = _PoolRewriter(mod)
-        for gvar, func in mod.functions.items():
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gvar, relax.analysis.remove_all_unused(rewriter.visit_expr(func)))
-        return rewriter.builder_.get()
-
-    return _pass
+    return mutator_pass("sdbnn.MaxPoolBeforeCast", _PoolRewriter)
 
 
 @mutator
