@@ -30,6 +30,8 @@ It only reorders loops: every output element is computed by the same operations 
 except a long mean and a constant-weight matmul on x86 (partial sums in vector lanes: rounding differs,
 see _plain_reduction and float_matmul.py).
 A block whose schedule TVM refuses is left as it was.
+The first rewrite before legalisation, fuse_se_block, makes a dynamic-ASD conv's SE block one kernel and
+lets it and the BinarizePack read the conv's output before its hardtanh (se_block.py).
 """
 import tvm
 from tvm import s_tir
@@ -37,6 +39,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 from tvm.s_tir.dlight import normalize_prim_func
 
 from sdbnn_deploy.tvm import OP_ATTR
+from sdbnn_deploy.tvm.se_block import fuse_se_block
 from sdbnn_deploy.tvm.batchnorm_affine import batchnorm_as_affine
 from sdbnn_deploy.tvm.float_conv import (MIN_PARALLEL_WORK, float_lanes, linear_coefficient, schedule_conv_function,
                                          weights_to_hwio)
@@ -52,7 +55,7 @@ def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
 
     @tvm.transform.module_pass(opt_level=0, name="sdbnn.CpuPipeline")
     def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        passes = (cpu_pipeline.library_dispatch_passes(target)
+        passes = (cpu_pipeline.library_dispatch_passes(target) + [fuse_se_block()]
                   + [max_pool_before_cast(), batchnorm_as_affine(), weights_to_hwio(target), matmul_weights_nk(target)]
                   + cpu_pipeline.legalize_passes(target)
                   + [schedule_float_ops()] + cpu_pipeline.dataflow_lower_passes(target)
