@@ -59,3 +59,24 @@ def test_compiled_result_equals_numpy_bit_for_bit(shape, ceil_mode, in_rows):
     padded[:, :, :h, :w] = x.astype(np.float32)
     expected = padded.reshape(n, c, oh, 2, ow, 2).max((3, 5))
     assert got.dtype == np.float32 and np.array_equal(got, expected)
+
+
+def test_head_pool_cast_bn_hardtanh_is_one_loop_and_exact():
+    """VGG-Small's head: int32 -> cast -> 2x2 max-pool -> BN (x * a + b) -> hardtanh, all on one output row."""
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal((2, 64, 1, 1)).astype(np.float32)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 64, 8, 8), "int32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            pooled = bb.emit(relax.op.nn.max_pool2d(bb.emit(relax.op.astype(x, "float32")), pool_size=2, strides=2))
+            affine = relax.op.add(relax.op.multiply(pooled, relax.const(a)), relax.const(b))
+            out = bb.emit_output(relax.op.clip(affine, -1.0, 1.0))
+        bb.emit_func_output(out)
+    scheduled = _scheduled(bb.get())
+    assert "_rf" in scheduled and 'sblock("T_multiply")' not in scheduled and 'sblock("T_add")' not in scheduled
+    data = rng.integers(-300, 300, (1, 64, 8, 8)).astype(np.int32)
+    vm = relax.VirtualMachine(tvm.compile(bb.get(), target=AVX512, relax_pipeline=relax_pipeline(AVX512)), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(data)).numpy()
+    pooled = data.astype(np.float32).reshape(1, 64, 4, 2, 4, 2).max((3, 5))
+    np.testing.assert_allclose(got, np.clip(pooled * a + b, -1, 1), rtol=0, atol=1e-6)

@@ -18,10 +18,10 @@ conv_plan (figures: one Zen 5 core, AVX-512, the legalised conv alone, before ->
 
 Both keep each output element's sum in the original order (c, kh, kw, starting from 0): the results are
 bit-identical to the unscheduled loop nest. The accumulator tile lives in a "local" buffer laid out with
-the vector axis innermost, so that LLVM keeps it in registers; it is stored once per tile, and the
+the vector axis innermost, so that LLVM keeps it in registers; it is stored once per tile. The
 elementwise ops TVM fused after the conv (its BatchNorm as x * a + b, a residual add, hardtanh) are
-computed by that store in the "pixels" plan (_inline_epilogue: ResNet-18 stem conv + BN 35 -> 25 us), in
-one vectorised loop after the conv in the "channels" plan (_epilogue_loop). The outer
+computed by that store in the "pixels" plan (inline_elementwise_consumers: ResNet-18 stem conv + BN
+35 -> 25 us), in one vectorised loop after the conv in the "channels" plan (_epilogue_loop). The outer
 loops (output-channel blocks x rows) run in parallel. Applied on x86 targets only (float_lanes is None
 elsewhere).
 """
@@ -162,7 +162,7 @@ def schedule_float_conv(sch: s_tir.Schedule, block, lanes: int) -> bool:
         return False
     _inline_plain_padding(sch)
     if plan == "pixels":
-        _inline_epilogue(sch, store)
+        inline_elementwise_consumers(sch, store)
     else:
         _epilogue_loop(sch, store, lanes)
     return True
@@ -231,10 +231,10 @@ def _register_tile(sch: s_tir.Schedule, block, lanes_axis: str, vectors: int, la
     return store
 
 
-def _inline_epilogue(sch: s_tir.Schedule, store) -> None:
-    """The elementwise ops fused after the conv (its BN as x * a + b, a residual add, hardtanh) computed
-    by `store` (the "pixels" plan: where the accumulator tile is stored, rows in the lanes as in NCHW),
-    one by one while TVM allows it: no pass over the conv output."""
+def inline_elementwise_consumers(sch: s_tir.Schedule, store) -> None:
+    """The elementwise ops fused after a block (after a conv: its BN as x * a + b, a residual add,
+    hardtanh) computed by that block (the "pixels" plan: the store of the accumulator tile, rows in the
+    lanes as in NCHW), one by one while TVM allows it: no pass over the block's output."""
     while True:
         consumers = sch.get_consumers(store)
         if len(consumers) != 1:
@@ -255,7 +255,7 @@ def _epilogue_loop(sch: s_tir.Schedule, store, lanes: int) -> None:
     if len(consumers) != 1:
         return
     epilogue = consumers[0]
-    _inline_epilogue(sch, epilogue)
+    inline_elementwise_consumers(sch, epilogue)
     row = sch.get_loops(epilogue)[-1]
     extent = int(sch.get(row).extent)
     if extent % lanes == 0 and extent > lanes:

@@ -19,7 +19,7 @@ import tvm
 from tvm import relax, s_tir
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from sdbnn_deploy.tvm.float_conv import linear_coefficient
+from sdbnn_deploy.tvm.float_conv import inline_elementwise_consumers, linear_coefficient
 from sdbnn_deploy.tvm.relax_rewrite import mutator_pass
 
 
@@ -69,7 +69,7 @@ def schedule_integer_pool(func: tvm.tirx.PrimFunc, lanes: int) -> tvm.tirx.PrimF
     at most 4 * lanes values (VGG-Small's head: 2x2/2 over 512x8x8, rows of 8 int32). The window's column
     offset r1 is split off (rfactor): per output row, kh input rows are max-ed lane by lane as whole
     vectors (the input row is contiguous), then the kw columns of each window out of those registers; the
-    cast after it is done on the same row. 8192 outputs: generic (one output at a time) 8 -> 1 us, one core.
+    cast and the BN and hardtanh after it are done on the same row. 8192 outputs: generic (one output at a time) 8 -> 1 us, one core.
     Max of integers does not depend on the order: bit-identical."""
     sch = s_tir.Schedule(func)
     try:
@@ -101,7 +101,8 @@ def _whole_row_windows(block, lanes: int) -> bool:
 
 def _rows_in_vectors(sch: s_tir.Schedule, pool) -> None:
     """rfactor over r1: partial[.., ow, r1] = max over r0 (vectorised over the row (ow, r1)), then the max
-    over r1 with ow in lanes, and every consumer (the cast) on the same output row; all in registers."""
+    over r1 with ow in lanes, and every consumer (the cast, with the elementwise ops after it) on the same
+    output row; all in registers."""
     consumers = sch.get_consumers(pool)
     *_, r1 = sch.get_loops(pool)
     partial = sch.rfactor(r1, 4)
@@ -116,5 +117,6 @@ def _rows_in_vectors(sch: s_tir.Schedule, pool) -> None:
     sch.decompose_reduction(pool, columns)
     sch.set_scope(pool, 0, "local")
     for consumer in consumers:
+        inline_elementwise_consumers(sch, consumer)  # the BN (x * a + b) and hardtanh after the cast
         sch.reverse_compute_at(consumer, oh)
         sch.vectorize(sch.get_loops(consumer)[-1])
