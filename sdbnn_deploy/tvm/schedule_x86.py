@@ -21,7 +21,10 @@ Params read here (defaults in DEFAULTS; sdbnn_deploy.tune measures and stores th
     epilogue      where the output stage runs: "pixels" (after each tile of pixels, all channels),
                   "row" (after each output row) or "auto" (the default: "row" for the NCHW outputs of modes
                   int and affine, "pixels" for bits; see default_epilogue)
-    shapes        per-layer-shape overrides {conv_key(...): {tile_pixels, tile_blocks, epilogue}}: the
+    channel_parts the output channels' blocks split into this many parts, each a parallel task with its
+                  output row (0: the default rule, see default_channel_parts)
+    shapes        per-layer-shape overrides {conv_key(...): {tile_pixels, tile_blocks, epilogue,
+                  channel_parts}}: the
                   winners of the search for the shapes it measured; other shapes use the values above
 
 The conv, as measured (tvm-notes.md, "What made a binary conv fast", and sdbnn_deploy.tune):
@@ -32,14 +35,19 @@ The conv, as measured (tvm-notes.md, "What made a binary conv fast", and sdbnn_d
 - the narrowing to int32 and the padding correction ("conv") right after each tile, into a local
   buffer; the output stage (int/affine NCHW, or bits) once per tile of pixels or per row, from that
   buffer: without this the separate output pass over a global buffer cost up to 45% of the layer;
-- rows (batch x output rows) run in parallel.
+- rows (batch x output rows) run in parallel, or rows x parts of the output channels where the rows are
+  too few to share evenly between threads (Bi-Real-18's 7x7 outputs).
 """
+import tvm
 from tvm import s_tir
 
 DEFAULTS = {"lanes": 8, "accumulators": 16, "tile_pixels": 0, "tile_blocks": 0, "epilogue": "auto",
-            "shapes": {}}
+            "channel_parts": 0, "shapes": {}}
 EPILOGUES = ("pixels", "row")
-SHAPE_PARAMS = ("tile_pixels", "tile_blocks", "epilogue")
+SHAPE_PARAMS = ("tile_pixels", "tile_blocks", "epilogue", "channel_parts")
+# Rows (batch x output rows) below which an odd count is split further by output channels: 2 threads
+# over 7 rows do 4 and 3 (at most 1.75x); over 27 rows, 14 and 13 (1.93x).
+FEW_ROWS = 24
 
 
 def _param(params, name):
@@ -99,12 +107,21 @@ def default_epilogue(mode: str) -> str:
     return "pixels" if mode == "bits" else "row"
 
 
+def default_channel_parts(rows: int, tiles: int, halves_whole_words: bool = True) -> int:
+    """2 where an odd number of rows, fewer than FEW_ROWS, would leave one thread a row more than the
+    other and the `tiles` (blocks of tile_blocks) split in two, into halves of whole output words for
+    "bits" (else its output stage would be a separate pass); else 1. Each part reads the whole input row
+    but only its share of the weights."""
+    return 2 if rows % 2 and rows < FEW_ROWS and tiles % 2 == 0 and halves_whole_words else 1
+
+
 def conv_choice(sch: s_tir.Schedule, params) -> dict:
-    """tile_pixels, tile_blocks, epilogue for this conv: its entry in `shapes`, else the global params,
-    else the default rules; a tile that does not divide the extents falls back to the rule."""
+    """tile_pixels, tile_blocks, epilogue, channel_parts for this conv: its entry in `shapes`, else the
+    global params, else the default rules; a tile that does not divide the extents falls back to the
+    rule, and so do channel parts that do not divide the tiles of blocks."""
     chosen = {name: _param(params, name) for name in SHAPE_PARAMS}
     chosen.update((_param(params, "shapes") or {}).get(conv_key(sch), {}))
-    _, _, ow, b, *_ = sch.get_loops(sch.get_sblock("popcount"))
+    n, oh, ow, b, *_ = sch.get_loops(sch.get_sblock("popcount"))
     width, blocks = _extent(sch, ow), _extent(sch, b)
     tw, tb = int(chosen["tile_pixels"]), int(chosen["tile_blocks"])
     if tw <= 0 or tb <= 0 or width % tw or blocks % tb:
@@ -113,7 +130,12 @@ def conv_choice(sch: s_tir.Schedule, params) -> dict:
         chosen["epilogue"] = default_epilogue(_mode(sch))
     if chosen["epilogue"] not in EPILOGUES:
         raise ValueError(f"schedule_x86: epilogue must be one of {EPILOGUES}, not {chosen['epilogue']!r}")
-    return {"tile_pixels": tw, "tile_blocks": tb, "epilogue": chosen["epilogue"]}
+    parts = int(chosen["channel_parts"])
+    if parts <= 0 or (blocks // tb) % parts:
+        half = blocks // 2 * conv_lanes(params)
+        whole_words = _mode(sch) != "bits" or half % 64 == 0
+        parts = default_channel_parts(_extent(sch, n) * _extent(sch, oh), blocks // tb, whole_words)
+    return {"tile_pixels": tw, "tile_blocks": tb, "epilogue": chosen["epilogue"], "channel_parts": parts}
 
 
 def _parallel_rows(sch: s_tir.Schedule, block, count: int = 2):
@@ -135,10 +157,10 @@ def schedule_binary_conv2d(sch: s_tir.Schedule, params) -> None:
 
     n, oh, ow, b, v, r, s, k = sch.get_loops(counts)
     owo, owi = sch.split(ow, [None, choice["tile_pixels"]])
-    bo, bi = sch.split(b, [None, choice["tile_blocks"]])
+    part, bo, bi = sch.split(b, [choice["channel_parts"], None, choice["tile_blocks"]])
     taps = sch.fuse(s, k)  # kw and the input words: one run of contiguous words in input and weights
-    sch.reorder(n, oh, owo, bo, r, taps, owi, bi, v)
-    rows = sch.fuse(n, oh)
+    sch.reorder(n, oh, part, owo, bo, r, taps, owi, bi, v)
+    rows = sch.fuse(n, oh, part)  # the parallel tasks: rows, or rows x channel parts
     sch.parallel(rows)
     sch.unroll(owi)
     sch.unroll(bi)
@@ -162,8 +184,9 @@ def _output_fits_at(sch: s_tir.Schedule, conv, out, bo, attach) -> bool:
     """Whether the output stage can run under `attach` with every one of its iterations kept.
 
     reverse_compute_at infers the stage's loops from the region that the conv stage writes there; for
-    "bits" with Cout not a multiple of 64 it drops iterations of the bit loop (seen in TVM 0.27), so this
-    tries it on a copy and compares the iteration counts. False: the output stage stays a separate pass."""
+    "bits" with Cout not a multiple of 64 it drops iterations of the bit loop (seen in TVM 0.27), and for a
+    part of the output channels that ends inside a word its loops get extents that are not constants; so
+    this tries it on a copy and compares the iteration counts. False: the output stage stays a separate pass."""
     trial = sch.copy()
     trial.reverse_compute_at(conv, bo)
     trial.reverse_compute_at(out, attach)
@@ -173,7 +196,10 @@ def _output_fits_at(sch: s_tir.Schedule, conv, out, bo, attach) -> bool:
         total *= int(iv.dom.extent)
     loops = 1
     for loop in trial.get_loops(out):
-        loops *= _extent(trial, loop)
+        extent = trial.get(loop).extent
+        if not isinstance(extent, tvm.tirx.IntImm):
+            return False
+        loops *= int(extent)
     return loops == total
 
 

@@ -1,0 +1,61 @@
+"""schedule_x86's binary conv: the split of the parallel rows by output channels (channel_parts) is exact
+in every output mode, with stride 2, odd sizes and Cout not a multiple of 64, keeps the output stage
+fused where the parts hold whole output words, and is chosen by default only where rows are few and odd."""
+import numpy as np
+import pytest
+import tvm
+
+from sdbnn_deploy.ops import binary_conv2d
+from sdbnn_deploy.targets import get_target
+from sdbnn_deploy.tvm import kernels, schedule_x86
+from test_tvm_kernels import HOST, conv_case, placeholders, run
+
+# (Cin, Cout, k, stride, pad, H, W, mode, N)
+CASES = [
+    (64, 128, 3, 1, 1, 7, 7, "bits", 1),
+    (130, 80, 3, 2, 1, 13, 9, "bits", 1),
+    (64, 80, 3, 1, 1, 7, 5, "affine", 1),
+    (17, 48, 3, 2, 1, 5, 7, "int", 1),
+    (80, 128, 1, 1, 0, 3, 3, "int", 3),
+]
+
+
+def scheduled(case, parts: int, seed=0):
+    """(schedule, arrays, reference output) of one conv case with `channel_parts` set to `parts`."""
+    cin, cout, k, stride, pad, h, w, mode, n = case
+    x, wt, extra, attrs = conv_case(np.random.default_rng(seed), *case)
+    params = {**get_target(HOST).params, "shapes": {}, "tile_pixels": 1, "tile_blocks": 1,
+              "channel_parts": parts}
+    blocked, correction = kernels.prepare_conv_weights(wt, cin, (h, w), attrs["pads"], attrs["strides"],
+                                                       schedule_x86.conv_lanes(params))
+    arrays = [x, blocked, correction] + extra
+    tensors = placeholders(arrays, ["x", "weights", "correction", "e0", "e1"])
+    output = kernels.binary_conv2d(*tensors, out_channels=cout, mode=mode, **attrs)
+    sch = tvm.s_tir.Schedule(tvm.te.create_prim_func(list(tensors) + [output]))
+    assert schedule_x86.conv_choice(sch, params)["channel_parts"] == parts
+    schedule_x86.schedule_binary_conv2d(sch, params)
+    return sch, arrays, binary_conv2d.reference(x, wt, *extra, mode=mode, **attrs)
+
+
+def parallel_loops(sch) -> int:
+    return sch.mod["main"].script().count("T.parallel(")
+
+
+@pytest.mark.parametrize("parts", [1, 2])
+@pytest.mark.parametrize("case", CASES, ids=[f"cin{c[0]}-cout{c[1]}-s{c[3]}-{c[5]}x{c[6]}-{c[7]}" for c in CASES])
+def test_channel_parts_are_exact(case, parts):
+    sch, arrays, want = scheduled(case, parts)
+    lib = tvm.compile(sch.mod["main"], target=tvm.target.Target(get_target(HOST).tvm_target))
+    np.testing.assert_array_equal(run(lib, arrays, want), want)
+
+
+def test_parts_of_whole_words_keep_the_output_stage_in_the_tile():
+    """pad and the conv with its output stage: two parallel loops (a separate output pass would be a third)."""
+    sch, _, _ = scheduled(CASES[0], 2)
+    assert parallel_loops(sch) == 2
+
+
+@pytest.mark.parametrize("rows, tiles, parts", [(7, 64, 2), (7, 5, 1), (14, 64, 1), (23, 2, 2), (25, 8, 1), (1, 2, 2)])
+def test_default_channel_parts(rows, tiles, parts):
+    assert schedule_x86.default_channel_parts(rows, tiles) == parts
+    assert schedule_x86.default_channel_parts(rows, tiles, halves_whole_words=False) == 1
