@@ -43,21 +43,34 @@ def test_sign_of_clipped_plus_shift_is_sign_of_unclipped_plus_shift():
         np.testing.assert_array_equal(clipped + ss > 0, zz + ss > 0)
 
 
+def _compiled_se_shift(v, w1, w2, clip):
+    tensors = [te.placeholder(a.shape, "float32", name) for a, name in ((v, "v"), (w1, "w1"), (w2, "w2"))]
+    target = tvm.target.Target(get_target("x86").tvm_target)
+    with target:
+        func = schedule_float.schedule_float_primfunc(te.create_prim_func(tensors + [se_shift(*tensors, clip)]))
+    out = tvm.runtime.empty((v.shape[0], v.shape[1]), "float32", tvm.cpu())
+    tvm.compile(func, target=target)(*[tvm.runtime.tensor(a) for a in (v, w1, w2)], out)
+    return out.numpy()
+
+
 @pytest.mark.parametrize("clip", [None, (-1.0, 1.0)])
 def test_se_shift_equals_numpy(clip):
     rng = np.random.default_rng(2)
     v = (rng.standard_normal((2, 32, 6, 10)) * 2).astype(np.float32)
     w1 = rng.standard_normal((32, 4)).astype(np.float32)
     w2 = rng.standard_normal((4, 32)).astype(np.float32)
-    tensors = [te.placeholder(a.shape, "float32", name) for a, name in ((v, "v"), (w1, "w1"), (w2, "w2"))]
-    target = tvm.target.Target(get_target("x86").tvm_target)
-    with target:
-        func = schedule_float.schedule_float_primfunc(te.create_prim_func(tensors + [se_shift(*tensors, clip)]))
-    out = tvm.runtime.empty((2, 32), "float32", tvm.cpu())
-    tvm.compile(func, target=target)(*[tvm.runtime.tensor(a) for a in (v, w1, w2)], out)
     x = np.clip(v, *clip) if clip else v
     want = 1 / (1 + np.exp(-(np.maximum(x.mean(axis=(2, 3)) @ w1, 0) @ w2)))
-    np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_compiled_se_shift(v, w1, w2, clip), want, rtol=1e-5, atol=1e-6)
+
+
+def test_se_shift_stays_in_unit_interval():
+    """Unclipped BinarizePack is exact only for shifts in [0, 1]: also where the sigmoid saturates."""
+    rng = np.random.default_rng(3)
+    v = (rng.standard_normal((1, 64, 4, 4)) * 1e6).astype(np.float32)
+    w1, w2 = (rng.standard_normal(s).astype(np.float32) * 1e3 for s in ((64, 8), (8, 64)))
+    shift = _compiled_se_shift(v, w1, w2, None)
+    assert shift.min() >= 0 and shift.max() <= 1 and (shift == 0).any() and (shift == 1).any()
 
 
 @pytest.fixture(scope="module")
