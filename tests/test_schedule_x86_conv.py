@@ -59,3 +59,25 @@ def test_parts_of_whole_words_keep_the_output_stage_in_the_tile():
 def test_default_channel_parts(rows, tiles, parts):
     assert schedule_x86.default_channel_parts(rows, tiles) == parts
     assert schedule_x86.default_channel_parts(rows, tiles, halves_whole_words=False) == 1
+
+
+# bits outputs of 3, 4 and 8 words per pixel: their word loop is unrolled (schedule_x86.UNROLLED_WORDS).
+MANY_WORDS = [
+    (128, 256, 3, 1, 1, 6, 6, "bits", 1),
+    (64, 192, 3, 2, 1, 7, 5, "bits", 2),
+    (256, 512, 3, 1, 1, 4, 4, "bits", 1),
+]
+
+
+@pytest.mark.parametrize("case", MANY_WORDS, ids=[f"cout{c[1]}" for c in MANY_WORDS])
+def test_bits_of_many_words_are_exact(case):
+    sch, arrays, want = scheduled(case, 1)
+    lib = tvm.compile(sch.mod["main"], target=tvm.target.Target(get_target(HOST).tvm_target))
+    np.testing.assert_array_equal(run(lib, arrays, want), want)
+
+
+def test_bits_words_are_not_gathered():
+    """Left a loop, LLVM vectorised the words of a pixel with one AVX-512 gather per bit."""
+    sch, _, _ = scheduled(MANY_WORDS[0], 1)
+    asm = tvm.compile(sch.mod["main"], target=tvm.target.Target(get_target("x86-avx512").tvm_target))
+    assert "vpgather" not in asm.mod.inspect_source("asm")
