@@ -14,9 +14,13 @@ popcount is accumulated, so that LLVM emits `eor`, `cnt .16b` and `add .16b` and
 - stage "popcount_bytes" sums popcount(input byte ^ weight byte) over a CHUNK of the reduction in uint8:
   one quad adds at most 8 to a byte lane, so a chunk holds at most MAX_QUADS_PER_CHUNK = 31 quads
   (31 * 8 = 248 <= 255) and a byte never wraps;
-- stage "widen" adds the chunks' uint8 partial sums into uint16 lanes; stages "halve8", "halve4",
-  "halve2" add the upper half of the lanes to the lower half; stage "popcount" adds the last two lanes
-  into the count of each output (int32).
+- stage "widen" (only where there are several chunks) adds the chunks' uint8 partial sums into uint16
+  lanes;
+- stage "popcount" adds the 16 lanes of each output into its count (int32) with NEON `uaddlv`, the
+  across-lanes add: one instruction per 16 uint8 lanes ("popcount_bytes" where there is one chunk) or per
+  8 uint16 lanes ("widen"). It is called as the LLVM intrinsic: written as TE sums of halves, LLVM made a
+  chain of halvings, lane moves and widenings of about 12 instructions per output, which for a one-quad
+  tap (Cin <= 128, 9 popcounts per output at 3x3) cost more than the popcounts' adds.
 
 How the reduction (kh, kw, quads) is cut into chunks (`chunking`, the first that fits):
   "all":   kh*kw*quads <= 31: one chunk, nothing is widened before the end;
@@ -33,8 +37,7 @@ from sdbnn_deploy.tvm.kernels import prepare_conv_weights as prepare_word_weight
 QUAD_BYTES = 16  # one 128-bit NEON register
 WORDS_PER_QUAD = 2
 MAX_QUADS_PER_CHUNK = 31  # 31 quads * at most 8 set bits per byte lane = 248 <= 255
-HALVES = (8, 4, 2)
-BLOCKS = ("pad", "popcount_bytes", "widen", "halve8", "halve4", "halve2", "popcount", "conv", "output")
+HALF_QUAD_LANES = 8  # uint16 lanes in one 128-bit register: "widen" sums its 16 lanes as two halves
 
 
 def chunking(kh: int, kw: int, quads: int):
@@ -75,10 +78,11 @@ def _u8(value):
     return tirx.const(value, "uint8")
 
 
-def _halve(lanes: te.Tensor, width: int) -> te.Tensor:
-    """(..., 2*width) -> (..., width): lane j plus lane j + width."""
-    return te.compute(tuple(lanes.shape[:-1]) + (width,),
-                      lambda *idx: lanes[idx] + lanes[idx[:-1] + (idx[-1] + width,)], name=f"halve{width}")
+def _across_lanes(lanes: te.Tensor, idx: tuple, start: int, count: int):
+    """int32 sum of lanes[idx + (start .. start+count-1,)] (uint8 or uint16): one NEON `uaddlv`."""
+    bits = {"uint8": 8, "uint16": 16}[str(lanes.dtype)]
+    return tirx.call_llvm_pure_intrin("int32", f"llvm.aarch64.neon.uaddlv.i32.v{count}i{bits}",
+                                      lanes[idx + (tirx.Ramp(start, 1, count),)])
 
 
 def binary_conv2d(x: te.Tensor, weights: te.Tensor, correction: te.Tensor, *extra: te.Tensor,
@@ -109,7 +113,7 @@ def binary_conv2d(x: te.Tensor, weights: te.Tensor, correction: te.Tensor, *extr
         r, s, q = (te.reduce_axis((0, e), name=nm) for nm, e in (("r", kh), ("s", kw), ("q", quads)))
         part = te.compute(spatial + (QUAD_BYTES,), lambda i, y, xx, b, v, byte: te.sum(
             popcount(i, y, xx, b, v, byte, r, s, q), axis=[r, s, q]), name="popcount_bytes")
-        widened = te.compute(spatial + (QUAD_BYTES,), lambda *idx: part[idx].astype("uint16"), name="widen")
+        counts = te.compute(spatial, lambda *idx: _across_lanes(part, idx, 0, QUAD_BYTES), name="popcount")
     elif name == "row":
         s, q = te.reduce_axis((0, kw), name="s"), te.reduce_axis((0, quads), name="q")
         part = te.compute(spatial + (kh, QUAD_BYTES), lambda i, y, xx, b, v, r, byte: te.sum(
@@ -125,10 +129,8 @@ def binary_conv2d(x: te.Tensor, weights: te.Tensor, correction: te.Tensor, *extr
         widened = te.compute(spatial + (QUAD_BYTES,), lambda i, y, xx, b, v, byte: te.sum(
             part[i, y, xx, b, v, r, s, g, byte].astype("uint16"), axis=[r, s, g]), name="widen")
 
-    halves = widened
-    for width in HALVES:  # 16 lanes -> 8 -> 4 -> 2: vector adds of the two halves, no scalar loop
-        halves = _halve(halves, width)
-    counts = te.compute(spatial, lambda *idx: (halves[idx + (0,)] + halves[idx + (1,)]).astype("int32"),
-                        name="popcount")
+    if name != "all":
+        counts = te.compute(spatial, lambda *idx: _across_lanes(widened, idx, 0, HALF_QUAD_LANES)
+                            + _across_lanes(widened, idx, HALF_QUAD_LANES, HALF_QUAD_LANES), name="popcount")
     return conv_output_stage(counts, correction, *extra, in_channels=in_channels, out_channels=out_channels,
                              in_hw=(h, w), kernel=(kh, kw), strides=strides, pads=pads, mode=mode)
