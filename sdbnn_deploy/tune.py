@@ -9,6 +9,7 @@ per-shape parameters (SEARCH_SPACES) is scheduled, compiled for the target and t
                                                     the weight blocks, with between half and all of the
                                                     target's `accumulators`
                         epilogue                    "pixels" or "row" (where the output stage runs)
+                        row_layout                  with "row" and an int/affine output, also "channels"
     arm (schedule_arm)  tile_pixels x tile_vectors  register tiles whose sides divide the output width and
                                                     a weight block's vectors (schedule_arm.tile_extents),
                                                     with a quarter to all of its ACCUMULATORS q registers
@@ -112,7 +113,11 @@ def candidates(sch, params: dict) -> list[dict]:
     tiles = [(tw, tb) for tw in range(1, width + 1) for tb in range(1, blocks + 1)
              if width % tw == 0 and blocks % tb == 0 and most // 2 <= tw * tb <= most]
     tiles = tiles or [schedule_x86.default_tile(width, blocks, most)]
-    return [{"tile_pixels": tw, "tile_blocks": tb, "epilogue": e} for tw, tb in tiles for e in schedule_x86.EPILOGUES]
+    # Where the output stage runs, and with "row" and an NCHW output, the layout of the row's results.
+    places = [{"epilogue": e} for e in schedule_x86.EPILOGUES]
+    if schedule_x86._mode(sch) != "bits":
+        places.append({"epilogue": "row", "row_layout": "channels"})
+    return [{"tile_pixels": tw, "tile_blocks": tb, **place} for tw, tb in tiles for place in places]
 
 
 def arm_candidates(sch, params: dict) -> list[dict]:

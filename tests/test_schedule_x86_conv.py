@@ -20,19 +20,21 @@ CASES = [
 ]
 
 
-def scheduled(case, parts: int, seed=0):
-    """(schedule, arrays, reference output) of one conv case with `channel_parts` set to `parts`."""
+def scheduled(case, parts: int, seed=0, **choice):
+    """(schedule, arrays, reference output) of one conv case with `channel_parts` set to `parts` and the
+    other params in `choice` (default: a 1 x 1 tile)."""
     cin, cout, k, stride, pad, h, w, mode, n = case
     x, wt, extra, attrs = conv_case(np.random.default_rng(seed), *case)
     params = {**get_target(HOST).params, "shapes": {}, "tile_pixels": 1, "tile_blocks": 1,
-              "channel_parts": parts}
+              "channel_parts": parts, **choice}
     blocked, correction = kernels.prepare_conv_weights(wt, cin, (h, w), attrs["pads"], attrs["strides"],
                                                        schedule_x86.conv_lanes(params))
     arrays = [x, blocked, correction] + extra
     tensors = placeholders(arrays, ["x", "weights", "correction", "e0", "e1"])
     output = kernels.binary_conv2d(*tensors, out_channels=cout, mode=mode, **attrs)
     sch = tvm.s_tir.Schedule(tvm.te.create_prim_func(list(tensors) + [output]))
-    assert schedule_x86.conv_choice(sch, params)["channel_parts"] == parts
+    chosen = schedule_x86.conv_choice(sch, params)
+    assert chosen["channel_parts"] == parts and all(chosen[name] == value for name, value in choice.items())
     schedule_x86.schedule_binary_conv2d(sch, params)
     return sch, arrays, binary_conv2d.reference(x, wt, *extra, mode=mode, **attrs)
 
@@ -81,3 +83,36 @@ def test_bits_words_are_not_gathered():
     sch, _, _ = scheduled(MANY_WORDS[0], 1)
     asm = tvm.compile(sch.mod["main"], target=tvm.target.Target(get_target("x86-avx512").tvm_target))
     assert "vpgather" not in asm.mod.inspect_source("asm")
+
+
+# int/affine rows stored channel-major: odd widths, stride 2, Cout not a multiple of the 8 lanes, batch 2.
+CHANNEL_MAJOR = [
+    (64, 64, 3, 1, 1, 8, 8, "affine", 1, 4, 4),
+    (130, 70, 3, 2, 1, 9, 13, "affine", 2, 7, 3),
+    (17, 21, 3, 1, 1, 5, 6, "int", 2, 6, 1),
+    (64, 128, 1, 1, 0, 7, 7, "int", 1, 7, 2),
+]
+
+
+@pytest.mark.parametrize("case", CHANNEL_MAJOR, ids=[f"cin{c[0]}-cout{c[1]}-s{c[3]}-{c[7]}" for c in CHANNEL_MAJOR])
+def test_channel_major_rows_are_exact(case):
+    *conv, tw, tb = case
+    sch, arrays, want = scheduled(tuple(conv), 1, tile_pixels=tw, tile_blocks=tb, epilogue="row",
+                                  row_layout="channels")
+    lib = tvm.compile(sch.mod["main"], target=tvm.target.Target(get_target(HOST).tvm_target))
+    np.testing.assert_array_equal(run(lib, arrays, want), want)
+
+
+def test_unknown_row_layout_is_an_error():
+    with pytest.raises(ValueError, match="row_layout"):
+        scheduled(CHANNEL_MAJOR[0][:9], 1, row_layout="diagonal")
+
+
+def test_search_tries_channel_major_rows_only_for_nchw_outputs():
+    from sdbnn_deploy import tune
+    lanes = schedule_x86.conv_lanes(get_target(HOST).params)
+    layouts = {}
+    for mode in ("bits", "affine"):
+        sch = tvm.s_tir.Schedule(tune.conv_primfunc(64, 24, 3, 1, 1, 4, mode, lanes=lanes))
+        layouts[mode] = {c.get("row_layout", "pixels") for c in tune.candidates(sch, get_target(HOST).params)}
+    assert layouts == {"bits": {"pixels"}, "affine": {"pixels", "channels"}}
