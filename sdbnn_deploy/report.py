@@ -61,3 +61,8 @@ def print_conversion(report):
                   f"{c['top1_agreement']:.0%}, relative logit error {c['relative_logit_error']:.2e} "
                   f"(limit {c['max_relative_logit_error']:.0e}), binary layers bit-exact: "
                   f"{'yes' if c['binary_layers_exact'] else 'NO'}; {verdict}")
+    if c.get("input_ties_resolved"):
+        console.print(f"{c['input_ties_resolved']} input bits lay on a binarisation threshold to float precision "
+                      "(x + shift == 0 or within rounding of it) and were resolved as deployed in the PyTorch run; "
+                      "relative logit error without resolving them: "
+                      f"{c['relative_logit_error_without_resolving_ties']:.2e}")

@@ -106,3 +106,17 @@ def test_sign_table_matches_torch_at_exact_boundaries():
     torch_sign = torch.sign(torch.clamp(0.5 * ys - 2.0, -1, 1) + 0.5).numpy()
     assert torch_sign[3 + 5] == 0 and not table[0][3 + 5]
     assert np.array_equal(table[0][torch_sign != 0], torch_sign[torch_sign != 0] > 0)
+
+
+def test_ties_are_resolved_as_deployed_and_counted():
+    """x + shift == 0 exactly: torch.sign gives 0, the deployment -1. The check runs PyTorch with those bits
+    resolved as deployed, passes, counts them, and still reports the error without resolving them."""
+    m = _block(17, 7, 3, 1, 1, False, "static", seed=3, boundary=True)
+    probe = np.random.default_rng(3).standard_normal((3, 17, 9, 9)).astype(np.float32)
+    report = convert(m, input_shape=(17, 9, 9), probe=probe).report
+    check = report["check"]
+    conv_b = next(r for r in report["layers"] if r["name"] == "conv_b")
+    assert conv_b["input_ties"] > 0 and check["input_ties_resolved"] == conv_b["input_ties"]
+    assert check["passed"], check["failure"]
+    assert check["input_bit_mismatches"] == 0 and check["binary_layers_exact"]
+    assert check["relative_logit_error"] <= 1e-4 < check["relative_logit_error_without_resolving_ties"]
