@@ -39,6 +39,8 @@ The conv, as measured (tvm-notes.md, "What made a binary conv fast", and sdbnn_d
 - the narrowing to int32 and the padding correction ("conv") right after each tile, into a local
   buffer; the output stage (int/affine NCHW, or bits) once per tile of pixels or per row, from that
   buffer: without this the separate output pass over a global buffer cost up to 45% of the layer;
+  an NCHW output transposes the tile's channel vectors into rows of pixels, cheapest in the tile's
+  registers (row_layout "channels"); a bits output compares a word's 64 channels in vectors;
 - rows (batch x output rows) run in parallel, or rows x parts of the output channels where the rows are
   too few to share evenly between threads (Bi-Real-18's 7x7 outputs).
 """
