@@ -103,10 +103,15 @@ class IRConv2d(nn.Conv2d):
             return BinaryQuantize.apply(x, self.k, self.t)
         return torch.sign(x)
 
+    def binarize_input(self, a):
+        """The activations' binarisation, sign(x + shift): one method, so that the conversion check can
+        resolve ties there (sdbnn_deploy.verify_conversion)."""
+        return self.binarize(a)
+
     def forward(self, x):
         a = x + self.shift(x)
         bw = self.binarize(self.shifted_weight()) if self.binary_weights else self.weight
-        ba = self.binarize(a)
+        ba = self.binarize_input(a)
         return F.conv2d(ba, bw, None, self.stride, self.padding)
 
     def extra_repr(self):

@@ -5,12 +5,14 @@ WSD folding, packing with Cin not a multiple of 64, zero padding, strides, thres
 negative and zero gammas, channel flips under a max-pool, and the equality boundary.
 """
 import numpy as np
+import pytest
 import torch
 import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sdbnn_deploy.convert import convert
+from sdbnn_deploy.verify_conversion import check_conversion
 from sdbnn_deploy.models.layers import IRConv2d
 from sdbnn_deploy.passes.fold_threshold import sign_table, thresholds_from_table
 
@@ -120,3 +122,19 @@ def test_ties_are_resolved_as_deployed_and_counted():
     assert check["passed"], check["failure"]
     assert check["input_bit_mismatches"] == 0 and check["binary_layers_exact"]
     assert check["relative_logit_error"] <= 1e-4 < check["relative_logit_error_without_resolving_ties"]
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e-2])
+def test_a_shift_off_by_more_than_rounding_fails_the_check(offset):
+    """The tie band resolves rounding only: a deployed shift moved by 1e-2 (>> NEAR_TIE) makes bits differ."""
+    m = _block(17, 7, 3, 1, 1, False, "static", seed=5, boundary=False)
+    probe = np.random.default_rng(5).standard_normal((3, 17, 9, 9)).astype(np.float32)
+    result = convert(m, input_shape=(17, 9, 9), probe=probe)
+    g = result.graph
+    pack = g.nodes_of("BinarizePack")[0]
+    g.consts[pack.inputs[1]] = g.consts[pack.inputs[1]] + np.float32(offset)
+    check = check_conversion(m, g, result.onnx_model, probe, 1e-4)
+    assert check["passed"] == (offset == 0.0), check["failure"]
+    if offset:
+        conv_a = next(r for r in check["layers"] if r["name"] == "conv_a")
+        assert conv_a["input_bit_mismatches"] > 0 and conv_a["input_near_ties"] == 0
