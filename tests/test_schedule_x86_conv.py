@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tvm
 
+from sdbnn_deploy import tune
 from sdbnn_deploy.ops import binary_conv2d
 from sdbnn_deploy.targets import get_target
 from sdbnn_deploy.tvm import kernels, schedule_x86
@@ -113,10 +114,16 @@ def test_unknown_row_layout_is_an_error():
 
 
 def test_search_tries_channel_major_rows_only_for_nchw_outputs():
-    from sdbnn_deploy import tune
     lanes = schedule_x86.conv_lanes(get_target(HOST).params)
     layouts = {}
     for mode in ("bits", "affine"):
         sch = tvm.s_tir.Schedule(tune.conv_primfunc(64, 24, 3, 1, 1, 4, mode, lanes=lanes))
         layouts[mode] = {c.get("row_layout", "pixels") for c in tune.candidates(sch, get_target(HOST).params)}
     assert layouts == {"bits": {"pixels"}, "affine": {"pixels", "channels"}}
+
+
+def test_an_unknown_per_shape_parameter_is_an_error():
+    sch = tvm.s_tir.Schedule(tune.conv_primfunc(64, 64, 3, 1, 1, 8, "bits", lanes=8))
+    key = schedule_x86.conv_key(sch)
+    with pytest.raises(ValueError, match="unknown parameters \\['tile_pixel'\\]"):
+        schedule_x86.conv_choice(sch, {"shapes": {key: {"tile_pixel": 4}}})

@@ -28,8 +28,8 @@ Params read here (defaults in DEFAULTS; sdbnn_deploy.tune measures and stores th
                   one by one: a scalar load per output) or "channels"-major (each tile stores its
                   results transposed, in shuffles of the unrolled tile; the output stage reads vectors)
     shapes        per-layer-shape overrides {conv_key(...): {tile_pixels, tile_blocks, epilogue,
-                  channel_parts}}: the
-                  winners of the search for the shapes it measured; other shapes use the values above
+                  channel_parts, row_layout}} (another name is an error): the winners of the search
+                  for the shapes it measured; other shapes use the values above
 
 The conv, as measured (tvm-notes.md, "What made a binary conv fast", and sdbnn_deploy.tune):
 - padded NHWC input words; a register tile of tile_pixels output pixels x tile_blocks blocks of V output
@@ -125,11 +125,16 @@ def default_channel_parts(rows: int, tiles: int, halves_whole_words: bool = True
 
 
 def conv_choice(sch: s_tir.Schedule, params) -> dict:
-    """tile_pixels, tile_blocks, epilogue, channel_parts for this conv: its entry in `shapes`, else the
+    """tile_pixels, tile_blocks, epilogue, channel_parts, row_layout for this conv: its entry in `shapes`, else the
     global params, else the default rules; a tile that does not divide the extents falls back to the
     rule, and so do channel parts that do not divide the tiles of blocks."""
     chosen = {name: _param(params, name) for name in SHAPE_PARAMS}
-    chosen.update((_param(params, "shapes") or {}).get(conv_key(sch), {}))
+    entry = (_param(params, "shapes") or {}).get(conv_key(sch), {})
+    unknown = sorted(set(entry) - set(SHAPE_PARAMS))
+    if unknown:
+        raise ValueError(f"schedule_x86: shapes.{conv_key(sch)}: unknown parameters {unknown}; "
+                         f"known: {list(SHAPE_PARAMS)}")
+    chosen.update(entry)
     n, oh, ow, b, *_ = sch.get_loops(sch.get_sblock("popcount"))
     width, blocks = _extent(sch, ow), _extent(sch, b)
     tw, tb = int(chosen["tile_pixels"]), int(chosen["tile_blocks"])
