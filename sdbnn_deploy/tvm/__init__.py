@@ -20,6 +20,11 @@ _SCHEDULE_FUNCTIONS = {
 }
 
 
+def largest_divisor(n: int, at_most: int) -> int:
+    """The largest divisor of n that is at most at_most (a tile that splits an extent evenly)."""
+    return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)
+
+
 def schedule_module(schedule: str):
     """The schedule module named by TargetSpec.schedule ("x86" or "arm")."""
     return importlib.import_module(SCHEDULE_MODULES[schedule])

@@ -30,6 +30,7 @@ import tvm
 from tvm import relax, s_tir
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from sdbnn_deploy.tvm import largest_divisor
 from sdbnn_deploy.tvm.relax_rewrite import mutator_pass
 
 CONV_BLOCK = "conv2d_nchw"
@@ -65,10 +66,6 @@ def conv_plan(cout: int, kernel: tuple, stride_w: int, out_w: int, lanes: int) -
     if cout % lanes == 0:
         return "channels"
     return None
-
-
-def _largest_divisor(n: int, at_most: int) -> int:
-    return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)
 
 
 # ---- Relax: HWIO weights for the "channels" convs ------------------------------------------------------
@@ -152,11 +149,11 @@ def schedule_float_conv(sch: s_tir.Schedule, block, lanes: int) -> bool:
     plan = conv_plan(cout, (kh, kw), stride_w, out_w, lanes) if stride_w else None
     budget = accumulator_budget(lanes)
     if plan == "channels" and hwio:
-        pixels = _largest_divisor(out_w, budget)
-        vectors = _largest_divisor(cout // lanes, max(1, budget // pixels))
+        pixels = largest_divisor(out_w, budget)
+        vectors = largest_divisor(cout // lanes, max(1, budget // pixels))
         store = _register_tile(sch, block, lanes_axis="f", vectors=vectors, lanes=lanes, other=pixels)
     elif plan == "pixels" and not hwio:
-        channels = _largest_divisor(cout, budget // 2)
+        channels = largest_divisor(cout, budget // 2)
         store = _register_tile(sch, block, lanes_axis="x", vectors=2, lanes=lanes, other=channels)
     else:
         return False

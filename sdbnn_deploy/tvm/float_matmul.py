@@ -19,6 +19,7 @@ import tvm
 from tvm import relax, s_tir, te
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from sdbnn_deploy.tvm import largest_divisor
 from sdbnn_deploy.tvm.float_conv import accumulator_budget, float_lanes
 from sdbnn_deploy.tvm.relax_rewrite import mutator_pass
 
@@ -86,7 +87,7 @@ def schedule_matmul_function(func: tvm.tirx.PrimFunc, lanes: int) -> tvm.tirx.Pr
     n, depth = int(sch.get(j).extent), int(sch.get(k).extent)
     if depth % lanes:
         return None
-    outputs = max(d for d in range(1, min(n, accumulator_budget(lanes)) + 1) if n % d == 0)
+    outputs = largest_divisor(n, accumulator_budget(lanes))
     try:
         _lanes_partial_sums(sch, block, outputs, lanes)
     except (s_tir.ScheduleError, ValueError, RuntimeError):

@@ -37,7 +37,7 @@ apache-tvm-ffi 0.1.15.post2, the save_json crash of tvm-notes.md).
 """
 from tvm import s_tir
 
-from sdbnn_deploy.tvm import kernels, kernels_arm
+from sdbnn_deploy.tvm import kernels, kernels_arm, largest_divisor
 from sdbnn_deploy.tvm.schedule_x86 import _mode, _parallel_rows
 
 DEFAULTS = {"byte_lanes": True, "tile_pixels": 2, "tile_vectors": 4, "shapes": {}}
@@ -98,10 +98,6 @@ def _extent(sch: s_tir.Schedule, loop) -> int:
     return int(sch.get(loop).extent)
 
 
-def _largest_divisor(n: int, at_most: int) -> int:
-    return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)
-
-
 def schedule_binary_conv2d(sch: s_tir.Schedule, params) -> None:
     """The byte-lane schedule for kernels_arm's compute (it has a "popcount_bytes" block), else the word one."""
     if _has_block(sch, "popcount_bytes"):
@@ -131,8 +127,8 @@ def _schedule_byte_lanes(sch: s_tir.Schedule, params) -> None:
     sch.vectorize(sch.get_loops(pad)[-1])
 
     n, oh, ow, b, v = sch.get_loops(conv)
-    tw = _largest_divisor(_extent(sch, ow), choice["tile_pixels"])
-    tv = _largest_divisor(_extent(sch, v), choice["tile_vectors"])
+    tw = largest_divisor(_extent(sch, ow), choice["tile_pixels"])
+    tv = largest_divisor(_extent(sch, v), choice["tile_vectors"])
     owo, owi = sch.split(ow, [None, tw])
     if tv < _extent(sch, v):  # a tile of fewer channels than a weight block holds: blocks cut in parts
         tile_at, v = sch.split(v, [None, tv])
@@ -202,8 +198,8 @@ def _schedule_word_lanes(sch: s_tir.Schedule, params) -> None:
     _parallel_rows(sch, pad)
 
     n, oh, ow, b, v = sch.get_loops(conv)
-    tw = _largest_divisor(_extent(sch, ow), choice["tile_pixels"])
-    tb = _largest_divisor(_extent(sch, b), _param(params, "tile_vectors"))
+    tw = largest_divisor(_extent(sch, ow), choice["tile_pixels"])
+    tb = largest_divisor(_extent(sch, b), _param(params, "tile_vectors"))
     owo, owi = sch.split(ow, [None, tw])
     bo, bi = sch.split(b, [None, tb])
     sch.reorder(n, oh, owo, bo, owi, bi, v)

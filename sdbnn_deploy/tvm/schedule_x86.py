@@ -47,6 +47,8 @@ The conv, as measured (tvm-notes.md, "What made a binary conv fast", and sdbnn_d
 import tvm
 from tvm import s_tir
 
+from sdbnn_deploy.tvm import largest_divisor
+
 DEFAULTS = {"lanes": 8, "accumulators": 16, "tile_pixels": 0, "tile_blocks": 0, "epilogue": "auto",
             "channel_parts": 0, "row_layout": "pixels", "shapes": {}}
 EPILOGUES = ("pixels", "row")
@@ -264,7 +266,7 @@ def schedule_binarize_pack(sch: s_tir.Schedule, params) -> None:
     n, h, w, k, bit = sch.get_loops(block)
     lanes = conv_lanes(params)
     chunk = _row_chunk(_extent(sch, h), _extent(sch, w), lanes * int(_param(params, "accumulators")))
-    vector = _largest_divisor(chunk, 2 * lanes)
+    vector = largest_divisor(chunk, 2 * lanes)
     pixels = sch.fuse(h, w)
     outer, vectors, inner = sch.split(pixels, [None, chunk // vector, vector])
     sch.reorder(n, outer, k, bit, vectors, inner)
@@ -282,11 +284,6 @@ def _row_chunk(height: int, width: int, limit: int) -> int:
     row (a chunk that ends inside a row makes TVM store the words of a bounding box of rows: wrong)."""
     return max(d for d in range(1, height * width + 1)
                if d <= limit and (width % d == 0 or (d % width == 0 and height * width % d == 0)))
-
-
-def _largest_divisor(extent: int, limit: int) -> int:
-    """The largest divisor of extent that is at most limit."""
-    return next(d for d in range(min(extent, limit), 0, -1) if extent % d == 0)
 
 
 def schedule_packed_max_pool2d(sch: s_tir.Schedule, params) -> None:
