@@ -51,10 +51,14 @@ def test_static_vgg_stem_becomes_a_signed_conv_into_binarize_pack():
     stem = g.nodes_of("Conv")[0]
     assert g.single_consumer(stem.outputs[0]).op == "BinarizePack"
     assert len(g.nodes_of("BatchNormalization")) == 1  # only the head's (after the last pool)
-    assert stem.attrs["_flipped"].sum() > 0 and stem.attrs["_constant"].sum() > 0
-    w = g.consts[stem.inputs[1]]
-    assert np.array_equal(w[stem.attrs["_flipped"]], -model.conv0.weight.detach().numpy()[stem.attrs["_flipped"]])
-    assert not w[stem.attrs["_constant"]].any()
+    w, orig = g.consts[stem.inputs[1]], model.conv0.weight.detach().numpy()
+    gamma = model.bn0.weight.detach().numpy()
+    zeroed = ~w.reshape(len(w), -1).any(1)
+    negated = ~zeroed & np.all(w == -orig, axis=(1, 2, 3))
+    kept = ~zeroed & np.all(w == orig, axis=(1, 2, 3))
+    assert np.all(zeroed | negated | kept)  # every channel kept, negated or zeroed, nothing else
+    assert np.all(zeroed[gamma == 0])  # BN(y) constant: the bit does not depend on y
+    assert np.all((negated | zeroed)[gamma < 0]) and negated.any() and kept.any()
     check = result.report["check"]
     assert check["passed"] and check["binary_layers_exact"] and check["input_bit_mismatches"] == 0
 
@@ -65,4 +69,4 @@ def test_stems_that_feed_the_residual_keep_their_batchnorm(arch):
     g = convert(model, arch=arch, input_shape=TEST_INPUT[arch], probe_batch=1).graph
     stem = g.nodes_of("Conv")[0]
     assert g.single_consumer(stem.outputs[0]).op == "BatchNormalization"
-    assert "_flipped" not in stem.attrs
+    assert np.array_equal(g.consts[stem.inputs[1]], model.conv1.weight.detach().numpy())  # not signed

@@ -78,7 +78,6 @@ def fold_float_threshold(g: Graph) -> Graph:
         x, w, *bias = conv.inputs
         conv.inputs = [x, g.add_const(f"{conv.name}.weight_signed", _signed(g.consts[w], direction))]
         conv.inputs += [g.add_const(f"{conv.name}.bias_signed", _signed(g.consts[v], direction)) for v in bias]
-        conv.attrs["_flipped"], conv.attrs["_constant"] = direction < 0, direction == 0
         conv.outputs = [f"{conv.outputs[0]}.signed"]  # no longer PyTorch's value of that name (departure)
         binarize.inputs = [conv.outputs[0], g.add_const(f"{binarize.name}.shift_folded", shift)]
         g.remove(*[n for n in (bn, clip) if n is not None])

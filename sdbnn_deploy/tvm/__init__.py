@@ -25,6 +25,14 @@ def largest_divisor(n: int, at_most: int) -> int:
     return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)
 
 
+def find_block(sch: tvm.s_tir.Schedule, name: str):
+    """The block named `name` in the schedule's PrimFunc, or None where it has none."""
+    try:
+        return sch.get_sblock(name)
+    except (tvm.s_tir.ScheduleError, ValueError, RuntimeError):  # no such block (TVM raises several types)
+        return None
+
+
 def schedule_module(schedule: str):
     """The schedule module named by TargetSpec.schedule ("x86" or "arm")."""
     return importlib.import_module(SCHEDULE_MODULES[schedule])

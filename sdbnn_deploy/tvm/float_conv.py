@@ -30,7 +30,7 @@ import tvm
 from tvm import relax, s_tir
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from sdbnn_deploy.tvm import largest_divisor
+from sdbnn_deploy.tvm import find_block, largest_divisor
 from sdbnn_deploy.tvm.relax_rewrite import mutator_pass
 
 CONV_BLOCK = "conv2d_nchw"
@@ -119,9 +119,8 @@ def schedule_conv_function(func: tvm.tirx.PrimFunc, lanes: int) -> tvm.tirx.Prim
     """func with its conv2d_nchw block register-tiled (before any loop normalisation: the schedules rely on
     the legalised loop nest), or None where func has no such block or no plan applies."""
     sch = s_tir.Schedule(func)
-    try:
-        block = sch.get_sblock(CONV_BLOCK)
-    except (s_tir.ScheduleError, ValueError, RuntimeError):  # no such block (TVM raises several types)
+    block = find_block(sch, CONV_BLOCK)
+    if block is None:
         return None
     try:
         if is_float_conv(sch, block) and schedule_float_conv(sch, block, lanes):

@@ -19,7 +19,7 @@ import tvm
 from tvm import relax, s_tir, te
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from sdbnn_deploy.tvm import largest_divisor
+from sdbnn_deploy.tvm import find_block, largest_divisor
 from sdbnn_deploy.tvm.float_conv import accumulator_budget, float_lanes
 from sdbnn_deploy.tvm.relax_rewrite import mutator_pass
 
@@ -79,11 +79,10 @@ def schedule_matmul_function(func: tvm.tirx.PrimFunc, lanes: int) -> tvm.tirx.Pr
     """func with its MATMUL_NT block summed in vector lanes (module docstring), or None where it has no
     such block or K is not a multiple of `lanes`."""
     sch = s_tir.Schedule(func)
-    try:
-        block = sch.get_sblock(MATMUL_NT)
-        _, j, k = sch.get_loops(block)
-    except (s_tir.ScheduleError, ValueError, RuntimeError):  # no such block (TVM raises several types)
+    block = find_block(sch, MATMUL_NT)
+    if block is None:
         return None
+    _, j, k = sch.get_loops(block)
     n, depth = int(sch.get(j).extent), int(sch.get(k).extent)
     if depth % lanes:
         return None

@@ -19,6 +19,7 @@ import tvm
 from tvm import relax, s_tir
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from sdbnn_deploy.tvm import find_block
 from sdbnn_deploy.tvm.float_conv import inline_elementwise_consumers, linear_coefficient
 from sdbnn_deploy.tvm.relax_rewrite import mutator_pass
 
@@ -72,11 +73,8 @@ def schedule_integer_pool(func: tvm.tirx.PrimFunc, lanes: int) -> tvm.tirx.PrimF
     cast and the BN and hardtanh after it are done on the same row. 8192 outputs: generic (one output at a time) 8 -> 1 us, one core.
     Max of integers does not depend on the order: bit-identical."""
     sch = s_tir.Schedule(func)
-    try:
-        pool = sch.get_sblock(POOL_BLOCK)
-    except (s_tir.ScheduleError, ValueError, RuntimeError):  # no such block (TVM raises several types)
-        return None
-    if not _whole_row_windows(sch.get(pool), lanes):
+    pool = find_block(sch, POOL_BLOCK)
+    if pool is None or not _whole_row_windows(sch.get(pool), lanes):
         return None
     try:
         _rows_in_vectors(sch, pool)

@@ -121,7 +121,7 @@ def _inline_elementwise(sch: s_tir.Schedule, infos: list) -> list:
     return left
 
 
-def _schedule_block(sch: s_tir.Schedule, info, lanes: int | None = None) -> None:
+def _schedule_block(sch: s_tir.Schedule, info, lanes: int | None) -> None:
     spatial = [it for it in info.iters if it.kind == "S"]
     reduce = [it for it in info.iters if it.kind == "R"]
     if not spatial or len(spatial) + len(reduce) != len(info.iters):
