@@ -53,9 +53,12 @@ def test_conv_bn_residual_hardtanh_equals_torch_and_is_one_loop_nest(cin, cout, 
     mod, torch_result = _conv_bn_residual(cin, cout, hw, stride, rng)
     x = rng.standard_normal((1, cin, hw, hw)).astype("float32")
     r = rng.standard_normal((1, cout, hw // stride, hw // stride)).astype("float32")
-    vm = relax.VirtualMachine(tvm.compile(mod, target=AVX512, relax_pipeline=relax_pipeline(AVX512)), tvm.cpu())
-    got = vm["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(r)).numpy()
-    np.testing.assert_allclose(got, torch_result(x, r), rtol=0, atol=1e-5)
+    expected = torch_result(x, r)
+    errors = {}
+    for name, pipeline in (("ours", relax_pipeline(AVX512)), ("tvm", "default")):
+        vm = relax.VirtualMachine(tvm.compile(mod, target=AVX512, relax_pipeline=pipeline), tvm.cpu())
+        errors[name] = np.abs(vm["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(r)).numpy() - expected).max()
+    assert errors["ours"] <= 1e-5 and errors["ours"] <= 1.25 * errors["tvm"], errors
     with AVX512:
         passes = [batchnorm_as_affine(), weights_to_hwio(AVX512)] + cpu_pipeline.legalize_passes(AVX512)
         legalized = tvm.transform.Sequential(passes)(mod)
