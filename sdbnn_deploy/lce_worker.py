@@ -1,6 +1,7 @@
 """The Larq Compute Engine side of the benchmark. Runs ONLY inside the LCE environment (.venv-lce:
-tensorflow-cpu 2.15.1, larq 0.14.0, larq-compute-engine 0.16.0, numpy < 2), never in ours; it imports
-nothing from sdbnn_deploy and is started as a script:
+tensorflow-cpu 2.15.1, larq 0.14.0, larq-compute-engine 0.16.0, numpy < 2), never in ours; of
+sdbnn_deploy it imports only bench_timing (the timing rule, which needs nothing but numpy), and it is
+started as a script:
 
     .venv-lce/bin/python sdbnn_deploy/lce_worker.py convert SPEC.json   # Larq models -> LCE flatbuffers
     .venv-lce/bin/python sdbnn_deploy/lce_worker.py time SPEC.json      # one flatbuffer, one path, N threads
@@ -21,11 +22,14 @@ XNNPack delegate for the float ops).
 """
 import json
 import sys
-import time
+from pathlib import Path
 
 import numpy as np
 
-WARMUP_S = 0.2
+if __name__ == "__main__":  # a script in the LCE environment: the package is not installed there
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from sdbnn_deploy.bench_timing import samples  # noqa: E402  (the same timing rule for every backend)
+
 PATHS = {
     "default": {},
     "indirect_bgemm": {"use_indirect_bgemm": True},
@@ -187,21 +191,6 @@ def op_counts(flatbuffer):
 
 
 # ---- timing ----------------------------------------------------------------------------------------------
-
-def samples(call, repeat, max_seconds):
-    """Seconds per call: `repeat` single calls (fewer if they exceed max_seconds, at least 5), after
-    warm-up; the same rule as sdbnn_deploy.bench_timing.samples, which this process cannot import."""
-    start = time.perf_counter()
-    call()
-    while time.perf_counter() - start < WARMUP_S:
-        call()
-    out, start = [], time.perf_counter()
-    while len(out) < repeat and (len(out) < 5 or time.perf_counter() - start < max_seconds):
-        t = time.perf_counter()
-        call()
-        out.append(time.perf_counter() - t)
-    return out
-
 
 def time_model(spec):
     """spec: {"flatbuffer", "path" (a key of PATHS), "threads", "repeat", "max_seconds"} -> {"samples"}."""

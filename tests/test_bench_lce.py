@@ -3,8 +3,11 @@ worker does, so these tests check the command lines, the parsing of the worker's
 report, the issue-6 target and the printed table. (The real worker runs in .venv-lce: `make bench-lce`.)"""
 import json
 import stat
+import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -62,11 +65,21 @@ def test_worker_and_host_agree_on_models_and_paths():
     assert lce_worker.PATHS["default"] == {}
 
 
-def test_worker_samples_follow_the_bench_rule():
+def test_worker_times_with_the_bench_rule():
     from sdbnn_deploy.bench_timing import samples
 
-    for rule in (samples, lce_worker.samples):
-        assert len(rule(lambda: None, repeat=7, max_seconds=1.0)) == 7
+    assert lce_worker.samples is samples
+    assert len(samples(lambda: None, repeat=7, max_seconds=1.0)) == 7
+
+
+def test_worker_script_imports_in_an_environment_without_the_package(tmp_path):
+    """The LCE environment does not install sdbnn_deploy: the script finds bench_timing beside itself."""
+    numpy_dir = str(Path(np.__file__).parent.parent)  # -S: no site, so no editable install of ours
+    script = (f"import importlib.util, runpy, sys; sys.path.append({numpy_dir!r}); "
+              "assert importlib.util.find_spec('sdbnn_deploy') is None; sys.argv = ['w']; "
+              f"runpy.run_path({str(bench_lce.WORKER)!r}, run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.stderr.strip().splitlines()[-1].startswith("IndexError"), proc.stderr  # main(): no arguments
 
 
 def test_parse_worker_output_takes_the_last_json_line():
