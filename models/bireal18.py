@@ -16,7 +16,7 @@ released ImageNet code.
 """
 import torch.nn as nn
 
-from .layers import IRConv2d
+from .layers import IRConv2d, resnet_stages
 
 
 class BasicBlock(nn.Module):
@@ -45,14 +45,9 @@ class BiReal18(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        stages, in_planes = [], 64
-        for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-            blocks = []
-            for s in (stride, 1, 1, 1):
-                blocks.append(BasicBlock(in_planes, planes, s, asd, reduction, binary_weights))
-                in_planes = planes
-            stages.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.layer1, self.layer2, self.layer3, self.layer4 = resnet_stages(
+            lambda i, p, s: BasicBlock(i, p, s, asd, reduction, binary_weights), 64,
+            ((64, 1), (128, 2), (256, 2), (512, 2)), 4)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512, num_classes)
 

@@ -128,3 +128,28 @@ class ShortcutA(nn.Module):
     def forward(self, x):
         p = self.pad_channels
         return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, p, p))
+
+
+class TwoBinaryConvs(nn.Module):
+    """conv1 (3x3, stride) + bn1 and conv2 (3x3) + bn2, under the released code's keys: the binary part of
+    a CIFAR ResNet basic block (ResNet-18 and ResNet-20 differ in the shortcut and where it is added)."""
+
+    def __init__(self, in_planes, planes, stride, asd, reduction):
+        super().__init__()
+        self.conv1 = IRConv2d(in_planes, planes, 3, stride=stride, padding=1, asd=asd, reduction=reduction)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = IRConv2d(planes, planes, 3, stride=1, padding=1, asd=asd, reduction=reduction)
+        self.bn2 = nn.BatchNorm2d(planes)
+
+
+def resnet_stages(make_block, in_planes, plan, blocks):
+    """One nn.Sequential per (planes, stride) of `plan`: `blocks` blocks make_block(in_planes, planes,
+    stride), the first with the stage's stride, the others with stride 1."""
+    stages = []
+    for planes, stride in plan:
+        stage = []
+        for s in (stride,) + (1,) * (blocks - 1):
+            stage.append(make_block(in_planes, planes, s))
+            in_planes = planes
+        stages.append(nn.Sequential(*stage))
+    return stages

@@ -10,16 +10,12 @@ The shortcut is a full-precision 1x1 conv + BN (keys shortcut.0, shortcut.1) whe
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import IRConv2d
+from .layers import TwoBinaryConvs, resnet_stages
 
 
-class BasicBlock(nn.Module):
+class BasicBlock(TwoBinaryConvs):
     def __init__(self, in_planes, planes, stride, asd, reduction):
-        super().__init__()
-        self.conv1 = IRConv2d(in_planes, planes, 3, stride=stride, padding=1, asd=asd, reduction=reduction)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = IRConv2d(planes, planes, 3, stride=1, padding=1, asd=asd, reduction=reduction)
-        self.bn2 = nn.BatchNorm2d(planes)
+        super().__init__(in_planes, planes, stride, asd, reduction)
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Sequential(
                 nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
@@ -38,14 +34,8 @@ class ResNet18(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
-        stages, in_planes = [], 64
-        for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-            blocks = []
-            for s in (stride, 1):
-                blocks.append(BasicBlock(in_planes, planes, s, asd, reduction))
-                in_planes = planes
-            stages.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.layer1, self.layer2, self.layer3, self.layer4 = resnet_stages(
+            lambda i, p, s: BasicBlock(i, p, s, asd, reduction), 64, ((64, 1), (128, 2), (256, 2), (512, 2)), 2)
         self.linear = nn.Linear(512, num_classes)
         self.bn2 = nn.BatchNorm1d(512)
 

@@ -12,18 +12,14 @@ The downsampling shortcut is the parameter-free "option A" (`layers.ShortcutA`).
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import IRConv2d, ShortcutA
+from .layers import ShortcutA, TwoBinaryConvs, resnet_stages
 
 
-class BasicBlock(nn.Module):
+class BasicBlock(TwoBinaryConvs):
     """Two binary 3x3 convs, each with BN, its own residual and a hardtanh."""
 
     def __init__(self, in_planes, planes, stride, asd, reduction):
-        super().__init__()
-        self.conv1 = IRConv2d(in_planes, planes, 3, stride=stride, padding=1, asd=asd, reduction=reduction)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = IRConv2d(planes, planes, 3, stride=1, padding=1, asd=asd, reduction=reduction)
-        self.bn2 = nn.BatchNorm2d(planes)
+        super().__init__(in_planes, planes, stride, asd, reduction)
         if stride != 1 or in_planes != planes:
             self.shortcut = ShortcutA(planes // 4)
         else:
@@ -39,14 +35,8 @@ class ResNet20(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 16, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
-        stages, in_planes = [], 16
-        for planes, stride in ((16, 1), (32, 2), (64, 2)):
-            blocks = []
-            for s in (stride, 1, 1):
-                blocks.append(BasicBlock(in_planes, planes, s, asd, reduction))
-                in_planes = planes
-            stages.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3 = stages
+        self.layer1, self.layer2, self.layer3 = resnet_stages(
+            lambda i, p, s: BasicBlock(i, p, s, asd, reduction), 16, ((16, 1), (32, 2), (64, 2)), 3)
         self.bn2 = nn.BatchNorm1d(64)
         self.linear = nn.Linear(64, num_classes)
 
