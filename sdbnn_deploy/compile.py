@@ -90,9 +90,9 @@ def _tuned(mod, spec: TargetSpec, session, progress):
 
     results = tune.tune_module(mod, spec, progress=progress, session=session)
     table = tune.shapes_table(results, spec.params.get("shapes"))
-    tune.write_params(spec.name, table)
+    stored = tune.write_params(spec.name, table)
     tuned = dataclasses.replace(spec, params={**spec.params, "shapes": table})
-    return tuned, tune.Tuning.of(spec.name, session, results)
+    return tuned, tune.Tuning.of(spec.name, session, results, stored)
 
 
 def _load(onnx_path: Path) -> onnx.ModelProto:

@@ -8,6 +8,10 @@ Each `targets/NAME.toml` at the top of the repository is one of:
   target) and a `[params]` table (schedule parameters, read by sdbnn_deploy.tvm.schedule_<schedule>);
 - an alias: `alias = "OTHER"` (arm -> rpi4);
 - a host detection: `detect = "host"` (x86 -> the best x86 description this host's CPU runs).
+
+A description of the same name in the user's folder (user_targets_dir: $SDBNN_DEPLOY_TARGETS, else
+$XDG_CONFIG_HOME/sdbnn-deploy/targets or ~/.config/sdbnn-deploy/targets) comes first: that is where
+`compile --tune` stores its winners when the shipped targets/ cannot be written (an installed package).
 """
 import importlib.resources
 import os
@@ -56,9 +60,28 @@ class TargetSpec:
         return list(self.tvm_target.get("mattr", []))
 
 
+USER_TARGETS_ENV = "SDBNN_DEPLOY_TARGETS"
+
+
+def user_targets_dir() -> Path:
+    """The user's folder of descriptions (module docstring); it need not exist."""
+    if os.environ.get(USER_TARGETS_ENV):
+        return Path(os.environ[USER_TARGETS_ENV])
+    config = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(config) / "sdbnn-deploy" / "targets"
+
+
+def target_path(name: str) -> Path | None:
+    """The file that describes NAME: the user's copy, else the shipped one; None if neither exists."""
+    for folder in (user_targets_dir(), TARGETS_DIR):
+        if (folder / f"{name}.toml").is_file():
+            return folder / f"{name}.toml"
+    return None
+
+
 def _read(name: str) -> dict:
-    path = TARGETS_DIR / f"{name}.toml"
-    if not path.is_file():
+    path = target_path(name)
+    if path is None:
         raise UserError(f"unknown target {name!r}; valid targets: {', '.join(target_names())}")
     with open(path, "rb") as f:
         try:
@@ -69,7 +92,7 @@ def _read(name: str) -> dict:
 
 def target_names() -> list[str]:
     """Every name that get_target accepts, descriptions and aliases, sorted."""
-    return sorted(p.stem for p in TARGETS_DIR.glob("*.toml"))
+    return sorted({p.stem for folder in (user_targets_dir(), TARGETS_DIR) for p in folder.glob("*.toml")})
 
 
 def get_target(name: str) -> TargetSpec:
@@ -83,7 +106,7 @@ def get_target(name: str) -> TargetSpec:
 
 
 def _spec(name: str, data: dict) -> TargetSpec:
-    path = TARGETS_DIR / f"{name}.toml"
+    path = target_path(name)
     try:
         arch, schedule, llvm = data["arch"], data["schedule"], data["llvm"]
     except KeyError as e:

@@ -39,7 +39,7 @@ from tvm import te
 from sdbnn_deploy.compile import export_library
 from sdbnn_deploy.errors import UserError
 from sdbnn_deploy.remote import DEFAULT_TIMEOUT, Session, connect
-from sdbnn_deploy.targets import TARGETS_DIR, _cpu_flags, get_target
+from sdbnn_deploy.targets import _cpu_flags, get_target, target_path, user_targets_dir
 from sdbnn_deploy.tvm import OP_ATTR, conv_kernels, kernels, schedule_arm, schedule_module, schedule_x86
 
 # (Cin, Cout, kernel, stride, pad, input H=W, output mode): the binary convs of VGG-Small and ResNet-18 (CIFAR).
@@ -284,14 +284,17 @@ SHAPES_COMMENT = "# Per layer shape: measured by `python -m sdbnn_deploy.tune` /
 
 
 def write_params(target: str, table: dict) -> str:
-    """Rewrite targets/TARGET.toml with `table` as its [params.shapes] (everything before it kept as
-    written), atomically."""
+    """Rewrite TARGET's description with `table` as its [params.shapes] (everything before it kept as
+    written), atomically: in place (targets/TARGET.toml, or the user's copy), or, where that folder cannot
+    be written (an installed package), as a copy in the user's folder, which get_target reads first."""
     from sdbnn_deploy.convert import write_atomically
 
-    path = TARGETS_DIR / f"{target}.toml"
-    text = path.read_text()
+    source = target_path(target)
+    text = source.read_text()
     if "\n[params]" not in text:
-        raise UserError(f"{path}: no [params] table to write the tuned parameters into")
+        raise UserError(f"{source}: no [params] table to write the tuned parameters into")
+    path = source if _writable(source.parent) else user_targets_dir() / source.name
+    path.parent.mkdir(parents=True, exist_ok=True)
     cuts = [i for i in (text.find("\n" + SHAPES_COMMENT), text.find("\n[params.shapes")) if i >= 0]
     lines = [text[:min(cuts, default=len(text))].rstrip("\n"), "", SHAPES_COMMENT]
     for key, values in table.items():
@@ -299,6 +302,15 @@ def write_params(target: str, table: dict) -> str:
     write_atomically(path, ("\n".join(lines) + "\n").encode())
     get_target(target)  # the file must still parse
     return str(path)
+
+
+def _writable(folder: Path) -> bool:
+    """Whether a file can be created in folder (as write_atomically does), tried, not guessed."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
 
 
 def _toml_value(value) -> str:
@@ -318,18 +330,19 @@ class Tuning:
     where: str  # "this host (load 1.20)", "rpc 192.168.1.20:9090", ...
     emulated: bool  # measured on an emulated board: the times mean nothing
     results: list[Result]
+    stored: str  # the description the winners were written to (write_params)
 
     @classmethod
-    def of(cls, target: str, session: Session, results: list[Result]) -> "Tuning":
+    def of(cls, target: str, session: Session, results: list[Result], stored: str) -> "Tuning":
         where = f"this host (load {os.getloadavg()[0]:.2f})" if session.is_local else session.where
-        return cls(target, where, session.emulated, results)
+        return cls(target, where, session.emulated, results, stored)
 
     def print(self) -> None:
         """The winners as a table: shape key, chosen params, their time, the global params' time."""
         from sdbnn_deploy.report import table as print_table
 
         note = ", EMULATED: the times mean nothing" if self.emulated else ""
-        print_table(f"{self.target}: tuned on {self.where}, one thread{note}",
+        print_table(f"{self.target}: tuned on {self.where}, one thread{note}; written to {self.stored}",
                     ["shape", "chosen", "us", "default us", "candidates"],
                     [[r.key, " ".join(f"{k}={v}" for k, v in r.params.items()), f"{r.seconds * 1e6:.1f}",
                       f"{r.default_seconds * 1e6:.1f}", str(r.candidates)] for r in self.results])
@@ -360,8 +373,8 @@ def main(argv=None) -> int:
                 continue
             session = measuring_session(spec, args.rpc, args.tracker, args.key, args.timeout)
             results = tune_shapes(spec.name, progress=print, session=session)
-            write_params(spec.name, shapes_table(results, spec.params.get("shapes")))
-            Tuning.of(spec.name, session, results).print()
+            stored = write_params(spec.name, shapes_table(results, spec.params.get("shapes")))
+            Tuning.of(spec.name, session, results, stored).print()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

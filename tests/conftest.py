@@ -60,17 +60,24 @@ def conv_case(seed, n, cin, h, w, cout, k, stride, pad, mode):
     return x, wt, extra
 
 
+@pytest.fixture(autouse=True)
+def no_user_targets(tmp_path_factory, monkeypatch):
+    """Every test sees an empty user folder of target descriptions, not the developer's tuned copies."""
+    from sdbnn_deploy.targets import USER_TARGETS_ENV
+
+    monkeypatch.setenv(USER_TARGETS_ENV, str(tmp_path_factory.mktemp("user-targets")))
+
+
 @pytest.fixture
 def targets_copy(tmp_path, monkeypatch):
     """A private copy of targets/ that get_target and sdbnn_deploy.tune's write_params use."""
     import shutil
 
-    from sdbnn_deploy import targets, tune
+    from sdbnn_deploy import targets
 
     folder = tmp_path / "targets"
     shutil.copytree(targets.TARGETS_DIR, folder)
     monkeypatch.setattr(targets, "TARGETS_DIR", folder)
-    monkeypatch.setattr(tune, "TARGETS_DIR", folder)
     return folder
 
 

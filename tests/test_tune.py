@@ -92,6 +92,27 @@ def test_write_params_is_atomic_and_keeps_the_rest(targets_copy):
     assert not any(p.name.startswith(".") for p in targets_copy.iterdir())
 
 
+def test_write_params_into_a_read_only_install_goes_to_the_user_folder(targets_copy, tmp_path, monkeypatch):
+    """An installed package's targets/ cannot be written: the winners go to a copy in the user's folder,
+    which get_target reads from then on; the shipped file stays as it was."""
+    from sdbnn_deploy.targets import USER_TARGETS_ENV, target_names
+
+    user = tmp_path / "config" / "targets"
+    monkeypatch.setenv(USER_TARGETS_ENV, str(user))
+    shipped = (targets_copy / "x86-avx2.toml").read_text()
+    monkeypatch.setattr(tune, "_writable", lambda folder: folder != targets_copy)  # root writes anywhere
+    table = {"6x6x1>4x4x6:3x3:bits": {"tile_pixels": 2, "tile_blocks": 3, "epilogue": "row"}}
+    written = tune.write_params("x86-avx2", table)
+    assert written == str(user / "x86-avx2.toml")
+    assert (targets_copy / "x86-avx2.toml").read_text() == shipped
+    assert get_target("x86-avx2").params["shapes"] == table and "x86-avx2" in target_names()
+    assert target_names().count("x86-avx2") == 1
+
+
+def test_writable_is_tried(tmp_path):
+    assert tune._writable(tmp_path) and not tune._writable(tmp_path / "missing")
+
+
 def test_only_x86_targets_this_cpu_runs_can_be_tuned():
     with pytest.raises(UserError, match="only the x86 targets"):
         tune.runnable("rpi4")
