@@ -120,7 +120,7 @@ def binary_conv2d(x: te.Tensor, weights: te.Tensor, correction: te.Tensor, *extr
                   in_channels: int, out_channels: int, strides, pads, mode: str) -> te.Tensor:
     """BinaryConv2d on packed words; weights and correction as made by prepare_conv_weights.
 
-    extra: () for mode "int", (scale, bias) for "affine", (thresholds,) for "bits".
+    extra: () for modes "int" and "int_nhwc", (scale, bias) for "affine", (thresholds,) for "bits".
     """
     n, h, w, cw = (int(d) for d in x.shape)
     blocks, kh, kw, _, lanes = (int(d) for d in weights.shape)
@@ -172,6 +172,8 @@ def conv_output_stage(counts: te.Tensor, correction: te.Tensor, *extra: te.Tenso
 
     if mode == "int":
         return te.compute((n, out_channels, oh, ow), at, name="output")
+    if mode == "int_nhwc":  # int, channels last: the results' own order, stored without a transposition
+        return te.compute((n, oh, ow, out_channels), lambda i, y, xx, o: at(i, o, y, xx), name="output")
     if mode == "affine":
         scale, bias = extra
         return te.compute((n, out_channels, oh, ow),
@@ -187,7 +189,7 @@ def conv_output_stage(counts: te.Tensor, correction: te.Tensor, *extra: te.Tenso
             return te.sum(tirx.Select(negative, _u64(1) << bit.var.astype("uint64"), _u64(0)), axis=bit)
 
         return te.compute((n, oh, ow, words_for(out_channels)), word, name="output")
-    raise ValueError(f"BinaryConv2d mode must be 'int', 'affine' or 'bits', not {mode!r}")
+    raise ValueError(f"BinaryConv2d mode must be 'int', 'int_nhwc', 'affine' or 'bits', not {mode!r}")
 
 
 def packed_max_pool2d(x: te.Tensor, min_mask: te.Tensor, *, kernel_shape, strides) -> te.Tensor:

@@ -5,6 +5,10 @@ node up by op_type alone (the domain is ignored) in the dict returned by the PRI
 `onnx_frontend._get_convert_map()`. While import_onnx runs, that function is wrapped to add one
 OnnxOpConverter per sdbnn op; each emits the TE compute of sdbnn_deploy.tvm.kernels as its own PrimFunc,
 tagged with OP_ATTR (scheduled later per target) and marked opaque (Relax fuses nothing into it).
+An x86 BinaryConv2d of mode "int" (VGG-Small's convs before a max-pool) is emitted channels last,
+"int_nhwc", followed by a transposition to the NCHW of the ONNX graph: the x86 conv stores its results in
+that order without transposing them (VGG-Small's 128->128 32x32 conv alone: 82 -> 66 us, one core), and
+pool_channels_last (a Relax pass of the compile pipeline) pools those values before the transposition.
 tests/test_relax_import.py guards this private API: if TVM changes it, that test fails loudly, and so
 does _check_private_api here, with a message that says what changed.
 
@@ -84,8 +88,11 @@ def _convert_binary_conv2d(bb, inputs, attr, lanes: int, conv=kernels):
     if expected is None or len(extra) != expected:
         raise UserError(f"node {name}: BinaryConv2d mode {mode!r} with {len(extra)} output-stage inputs")
     blocked, correction = conv.prepare_conv_weights(w, cin, (h, width), pads, strides, lanes)
-    return _emit(bb, conv.binary_conv2d, "BinaryConv2d", x, relax.const(blocked), relax.const(correction),
-                 *extra, in_channels=cin, out_channels=int(w.shape[0]), strides=strides, pads=pads, mode=mode)
+    channels_last = mode == "int" and conv is kernels
+    y = _emit(bb, conv.binary_conv2d, "BinaryConv2d", x, relax.const(blocked), relax.const(correction),
+              *extra, in_channels=cin, out_channels=int(w.shape[0]), strides=strides, pads=pads,
+              mode="int_nhwc" if channels_last else mode)
+    return bb.emit(relax.op.permute_dims(y, [0, 3, 1, 2])) if channels_last else y
 
 
 def _convert_packed_max_pool2d(bb, inputs, attr):

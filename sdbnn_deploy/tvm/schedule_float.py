@@ -5,6 +5,7 @@ tvm.compile's "default" Relax pipeline for a CPU target legalises every op to a 
 thread, no vectors, no fusion (BatchNorm, then max, then min, each a pass over memory). relax_pipeline()
 is TVM's CPU pipeline (dispatch, legalise, fold constants, fuse, lower, finalise) with Relax rewrites
 before legalisation (max_pool_before_cast: an integer conv output is pooled before its cast, exact;
+pool_channels_last: a channels-last one also before its transposition to NCHW, exact;
 batchnorm_as_affine: BatchNorm as x * a + b; weights_to_hwio and matmul_weights_nk: weight layouts,
 below) and one pass added after fusion: every PrimFunc that is not one of our kernels (those carry
 OP_ATTR and are scheduled per target by schedule_x86 / schedule_arm) gets the generic schedule below.
@@ -45,6 +46,7 @@ from sdbnn_deploy.tvm.float_conv import (MIN_PARALLEL_WORK, float_lanes, linear_
                                          weights_to_hwio)
 from sdbnn_deploy.tvm.float_matmul import matmul_weights_nk, schedule_matmul_function
 from sdbnn_deploy.tvm.pool_before_cast import max_pool_before_cast, schedule_integer_pool
+from sdbnn_deploy.tvm.pool_channels_last import pool_channels_last, schedule_channels_last_pool
 
 VECTOR_WIDTHS = (16, 8, 4)  # float32 lanes: zmm, ymm, xmm
 ROWS_SIDE_BY_SIDE = 8  # outputs of a plain sum reduced together (8 measured faster than 16 on the SE means)
@@ -56,7 +58,8 @@ def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     @tvm.transform.module_pass(opt_level=0, name="sdbnn.CpuPipeline")
     def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         passes = (cpu_pipeline.library_dispatch_passes(target) + [fuse_se_block()]
-                  + [max_pool_before_cast(), batchnorm_as_affine(), weights_to_hwio(target), matmul_weights_nk(target)]
+                  + [max_pool_before_cast(), pool_channels_last(), batchnorm_as_affine(), weights_to_hwio(target),
+                     matmul_weights_nk(target)]
                   + cpu_pipeline.legalize_passes(target)
                   + [schedule_float_ops()] + cpu_pipeline.dataflow_lower_passes(target)
                   + cpu_pipeline.finalize_passes(target))
@@ -83,7 +86,8 @@ def schedule_float_ops() -> tvm.transform.Pass:
 def schedule_float_primfunc(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
     """The generic schedule of the module docstring; func unchanged if TVM cannot normalise it."""
     lanes = float_lanes(tvm.target.Target.current(allow_none=True))
-    for special in (schedule_conv_function, schedule_matmul_function, schedule_integer_pool) if lanes else ():
+    for special in (schedule_conv_function, schedule_matmul_function, schedule_integer_pool,
+                    schedule_channels_last_pool) if lanes else ():
         scheduled = special(func, lanes)
         if scheduled is not None:
             return scheduled

@@ -105,7 +105,10 @@ def _mode(sch: s_tir.Schedule) -> str:
     out = sch.get(sch.get_sblock("output"))
     if len(out.iter_vars) == 5:  # n, oh, ow, word, bit
         return "bits"
-    return "affine" if str(out.writes[0].source.dtype) == "float32" else "int"
+    if str(out.writes[0].source.dtype) == "float32":
+        return "affine"
+    # int (n, o, y, x) or int_nhwc (n, y, x, o): which output index picks the conv results' row
+    return "int_nhwc" if out.reads[0].region[1].min.same_as(out.iter_vars[1].var) else "int"
 
 
 def default_epilogue(mode: str) -> str:
@@ -196,7 +199,8 @@ def schedule_binary_conv2d(sch: s_tir.Schedule, params) -> None:
         _parallel_rows(sch, out)
     sch.decompose_reduction(counts, r)
     sch.vectorize(sch.get_loops(conv)[-1])
-    if fused_epilogue and choice["epilogue"] == "row" and choice["row_layout"] == "channels" and _mode(sch) != "bits":
+    if (fused_epilogue and choice["epilogue"] == "row" and choice["row_layout"] == "channels"
+            and _mode(sch) in ("int", "affine")):
         _channel_major_row(sch, conv)
     _schedule_conv_output(sch, out)
 
