@@ -23,7 +23,7 @@ from sdbnn_deploy.run import run_artifact
 from sdbnn_deploy.targets import get_target
 from sdbnn_deploy.tvm import kernels
 from sdbnn_deploy.tvm.relax_import import import_onnx
-from sdbnn_deploy.tvm.se_block import fuse_se_block, se_shift
+from sdbnn_deploy.tvm.se_block import SE_ATTR, fuse_se_block, se_shift
 
 # arch -> (SE blocks whose input is the clip of a binary conv's output, all SE blocks): ResNet-18: each
 # block's conv2 reads hardtanh(conv1) (8 of 16); VGG-Small: conv2 and conv4 (no max-pool before them).
@@ -93,6 +93,10 @@ def test_rewrites_the_clips_of_conv_outputs(dynamic_onnx, arch):
     rewrites, se_blocks = REWRITES[arch]
     assert after.count("R.call_tir(se_shift") == se_blocks == before.count("R.mean(")
     assert after.count("R.mean(") == after.count("R.sigmoid(") == 0
+    # BinarizePack's rewrite (the clips it removes, below) finds its shift by the attribute, not by a name
+    names = {g.name_hint: f.attrs is not None and SE_ATTR in f.attrs for g, f in rewritten.functions.items()
+             if isinstance(f, tvm.tirx.PrimFunc) and g.name_hint.startswith("se_shift")}
+    assert names and all(names.values())
     assert after.count("R.call_tir(minimum") == before.count("R.call_tir(minimum") - rewrites
 
 

@@ -37,6 +37,8 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from sdbnn_deploy.tvm import OP_ATTR
 from sdbnn_deploy.tvm.relax_rewrite import mutator_pass
 
+SE_ATTR = "sdbnn.se_shift"  # marks the PrimFuncs this pass makes with se_shift
+
 
 def fuse_se_block() -> tvm.transform.Pass:
     """A module pass: the rewrites of the module docstring on every Relax function (constants folded
@@ -103,7 +105,8 @@ class _Rewriter(PyExprMutator):
             return sigmoid
         clip = self._clip(v)
         z, bounds = (clip[0], clip[1:]) if clip is not None else (v, None)
-        return self.builder_.call_te(se_shift, z, fc1.args[1], fc2.args[1], bounds, primfunc_name_hint="se_shift")
+        return self.builder_.call_te(se_shift, z, fc1.args[1], fc2.args[1], bounds, primfunc_name_hint="se_shift",
+                                     primfunc_attrs={SE_ATTR: 1})
 
     def _binarize_pack(self, call: relax.Call) -> relax.Expr:
         values, shift = call.args[1].fields
@@ -118,7 +121,10 @@ class _Rewriter(PyExprMutator):
         bound = self._bound(shift)
         if self._is_call(bound, "sigmoid"):
             return True
-        return self._is_call(bound, "call_tir") and bound.args[0].name_hint.startswith("se_shift")
+        if not self._is_call(bound, "call_tir"):
+            return False
+        func = self.builder_.get().functions.get(bound.args[0])  # made by this pass: not in self.mod
+        return func is not None and func.attrs is not None and SE_ATTR in func.attrs
 
     def _clip(self, values: relax.Expr):
         """(z, lo, hi) where values = minimum(maximum(z, lo), hi), float32, with constants lo <= -1,
