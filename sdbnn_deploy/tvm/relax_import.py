@@ -5,10 +5,11 @@ node up by op_type alone (the domain is ignored) in the dict returned by the PRI
 `onnx_frontend._get_convert_map()`. While import_onnx runs, that function is wrapped to add one
 OnnxOpConverter per sdbnn op; each emits the TE compute of sdbnn_deploy.tvm.kernels as its own PrimFunc,
 tagged with OP_ATTR (scheduled later per target) and marked opaque (Relax fuses nothing into it).
-An x86 BinaryConv2d of mode "int" (VGG-Small's convs before a max-pool) is emitted channels last,
-"int_nhwc", followed by a transposition to the NCHW of the ONNX graph: the x86 conv stores its results in
-that order without transposing them (VGG-Small's 128->128 32x32 conv alone: 82 -> 66 us, one core), and
-pool_channels_last (a Relax pass of the compile pipeline) pools those values before the transposition.
+A BinaryConv2d of mode "int" (VGG-Small's convs before a max-pool) with the uint64-word compute of
+kernels.py (x86; ARM without byte lanes) is emitted channels last, "int_nhwc", followed by a transposition
+to the NCHW of the ONNX graph: the conv stores its results in that order without transposing them
+(VGG-Small's 128->128 32x32 conv alone on x86: 84 -> 66 us, one core), and pool_channels_last (a Relax
+pass of the compile pipeline) pools those values before the transposition.
 tests/test_relax_import.py guards this private API: if TVM changes it, that test fails loudly, and so
 does _check_private_api here, with a message that says what changed.
 
