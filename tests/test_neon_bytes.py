@@ -37,6 +37,8 @@ CONV_CASES = [
     (1, 3968, 2, 3, 5, 1, 1, 0, "bits"),  # 31 quads, 1x1: chunk "all" at its limit, uaddlv of full bytes
     (1, 64, 8, 9, 8, 3, 2, 1, "affine"),  # one quad, stride 2, a 4-pixel tile (tile_pixels_short_taps)
     (1, 256, 4, 8, 8, 3, 1, 1, "bits"),  # two quads, stride 1, 4-pixel tiles over a row of 8
+    (1, 256, 13, 13, 6, 3, 2, 1, "affine"),  # a row of 7 (prime): 7 pixels x 2 channels (schedule_arm._row_tile)
+    (1, 512, 7, 7, 4, 3, 1, 1, "int"),  # the same over 4 quads (chunk "row")
 ]
 
 
@@ -156,17 +158,18 @@ def test_resnet20_for_rpi4_under_qemu_equals_onnxruntime(tmp_path):
         assert not any(m.startswith(("uaddlv", "uxtl", "uaddw")) or m == "uaddl" for m in loop.mnemonics)
 
 
-def test_short_taps_get_the_wider_tile():
-    """tile_pixels_short_taps where a tap is at most SHORT_TAP_QUADS quads, tile_pixels above; a shapes
-    entry wins over both."""
-    mod, _, _ = _conv_module([(1, 256, 4, 8, 8, 3, 1, 1, "int"), (1, 512, 4, 8, 8, 3, 1, 1, "int")])
+def test_tile_rules_short_taps_and_prime_widths():
+    """tile_pixels_short_taps where a tap is at most SHORT_TAP_QUADS quads, tile_pixels above, 7 pixels x 2
+    channels on a row of 7; a shapes entry wins over all."""
+    mod, _, _ = _conv_module([(1, 256, 4, 8, 8, 3, 1, 1, "int"), (1, 512, 4, 8, 8, 3, 1, 1, "int"),
+                              (1, 512, 7, 7, 8, 3, 1, 1, "int")])
     params = {"tile_pixels": 2, "tile_pixels_short_taps": 4}
-    chosen = {}
+    chosen = []
     for gvar, func in mod.functions.items():
         if isinstance(func, tvm.tirx.PrimFunc):
             sch = tvm.s_tir.Schedule(func)
-            quads = int(func.params[1].shape[3])
-            chosen[quads] = schedule_arm.conv_choice(sch, params)["tile_pixels"]
+            choice = schedule_arm.conv_choice(sch, params)
+            chosen.append((schedule_arm.tile_extents(sch)[0], choice["tile_pixels"], choice["tile_vectors"]))
             shaped = {**params, "shapes": {schedule_arm.conv_key(sch): {"tile_pixels": 1}}}
             assert schedule_arm.conv_choice(sch, shaped)["tile_pixels"] == 1
-    assert chosen == {2: 4, 4: 2}
+    assert sorted(chosen) == [(7, 7, 2), (8, 2, 4), (8, 4, 4)]
