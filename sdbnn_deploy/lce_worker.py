@@ -207,12 +207,15 @@ def time_model(spec):
 COMMANDS = {"convert": convert, "time": time_model}
 
 
-def main(argv):
-    command, spec_path = argv[1], argv[2]
-    with open(spec_path) as f:
+def main(argv) -> int:
+    if len(argv) != 3 or argv[1] not in COMMANDS:
+        print(f"usage: lce_worker.py {'|'.join(COMMANDS)} SPEC.json", file=sys.stderr)
+        return 2
+    with open(argv[2]) as f:
         spec = json.load(f)
-    print(json.dumps(COMMANDS[command](spec)))
+    print(json.dumps(COMMANDS[argv[1]](spec)))
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    sys.exit(main(sys.argv))

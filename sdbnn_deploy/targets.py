@@ -9,9 +9,11 @@ Each `targets/NAME.toml` at the top of the repository is one of:
 - an alias: `alias = "OTHER"` (arm -> rpi4);
 - a host detection: `detect = "host"` (x86 -> the best x86 description this host's CPU runs).
 
-A description of the same name in the user's folder (user_targets_dir: $SDBNN_DEPLOY_TARGETS, else
-$XDG_CONFIG_HOME/sdbnn-deploy/targets or ~/.config/sdbnn-deploy/targets) comes first: that is where
-`compile --tune` stores its winners when the shipped targets/ cannot be written (an installed package).
+Tuned shapes of the user (`compile --tune` where the shipped targets/ cannot be written, as in an
+installed package) live in user_targets_dir()/NAME.toml: a file of `[params.shapes."KEY"]` tables only,
+merged over the shipped description's shapes (user_shapes_path; $SDBNN_DEPLOY_TARGETS, else
+$XDG_CONFIG_HOME/sdbnn-deploy/targets or ~/.config/sdbnn-deploy/targets). Everything else, and every
+shape the user has not tuned, comes from the shipped file, also after an upgrade.
 """
 import importlib.resources
 import os
@@ -64,25 +66,24 @@ USER_TARGETS_ENV = "SDBNN_DEPLOY_TARGETS"
 
 
 def user_targets_dir() -> Path:
-    """The user's folder of descriptions (module docstring); it need not exist."""
+    """The user's folder of tuned shapes (module docstring), absolute; it need not exist."""
     if os.environ.get(USER_TARGETS_ENV):
-        return Path(os.environ[USER_TARGETS_ENV])
+        return Path(os.environ[USER_TARGETS_ENV]).resolve()
     config = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
-    return Path(config) / "sdbnn-deploy" / "targets"
+    return (Path(config) / "sdbnn-deploy" / "targets").resolve()
 
 
-def target_path(name: str) -> Path | None:
-    """The file that describes NAME: the user's copy, else the shipped one; None if neither exists."""
-    for folder in (user_targets_dir(), TARGETS_DIR):
-        if (folder / f"{name}.toml").is_file():
-            return folder / f"{name}.toml"
-    return None
+def target_path(name: str) -> Path:
+    """The shipped description of NAME (it may not exist)."""
+    return TARGETS_DIR / f"{name}.toml"
 
 
-def _read(name: str) -> dict:
-    path = target_path(name)
-    if path is None:
-        raise UserError(f"unknown target {name!r}; valid targets: {', '.join(target_names())}")
+def user_shapes_path(name: str) -> Path:
+    """The user's tuned shapes of NAME (it may not exist)."""
+    return user_targets_dir() / f"{name}.toml"
+
+
+def _load(path: Path) -> dict:
     with open(path, "rb") as f:
         try:
             return tomllib.load(f)
@@ -90,9 +91,27 @@ def _read(name: str) -> dict:
             raise UserError(f"{path}: {e}") from None
 
 
+def _user_shapes(name: str) -> dict:
+    """{shape key: params} of the user's tuned shapes of NAME; a file with anything else is an error."""
+    path = user_shapes_path(name)
+    if not path.is_file():
+        return {}
+    data = _load(path)
+    if set(data) - {"params"} or set(data.get("params", {})) - {"shapes"}:
+        raise UserError(f"{path}: a user file of tuned shapes holds only [params.shapes.\"KEY\"] tables")
+    return data.get("params", {}).get("shapes", {})
+
+
+def _read(name: str) -> dict:
+    path = target_path(name)
+    if not path.is_file():
+        raise UserError(f"unknown target {name!r}; valid targets: {', '.join(target_names())}")
+    return _load(path)
+
+
 def target_names() -> list[str]:
     """Every name that get_target accepts, descriptions and aliases, sorted."""
-    return sorted({p.stem for folder in (user_targets_dir(), TARGETS_DIR) for p in folder.glob("*.toml")})
+    return sorted(p.stem for p in TARGETS_DIR.glob("*.toml"))
 
 
 def get_target(name: str) -> TargetSpec:
@@ -123,8 +142,13 @@ def _spec(name: str, data: dict) -> TargetSpec:
         threads=threads,
         rpc_key=data.get("rpc_key"),
         schedule=schedule,
-        params=dict(data.get("params", {})),
+        params=_with_user_shapes(dict(data.get("params", {})), name),
     )
+
+
+def _with_user_shapes(params: dict, name: str) -> dict:
+    user = _user_shapes(name)
+    return {**params, "shapes": {**params.get("shapes", {}), **user}} if user else params
 
 
 def aliases() -> dict[str, str]:

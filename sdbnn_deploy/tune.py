@@ -39,7 +39,7 @@ from tvm import te
 from sdbnn_deploy.compile import export_library
 from sdbnn_deploy.errors import UserError
 from sdbnn_deploy.remote import DEFAULT_TIMEOUT, Session, connect
-from sdbnn_deploy.targets import _cpu_flags, get_target, target_path, user_targets_dir
+from sdbnn_deploy.targets import _cpu_flags, get_target, target_path, tomllib, user_shapes_path
 from sdbnn_deploy.tvm import OP_ATTR, conv_kernels, kernels, schedule_arm, schedule_module, schedule_x86
 
 # (Cin, Cout, kernel, stride, pad, input H=W, output mode): the binary convs of VGG-Small and ResNet-18 (CIFAR).
@@ -284,22 +284,32 @@ SHAPES_COMMENT = "# Per layer shape: measured by `python -m sdbnn_deploy.tune` /
 
 
 def write_params(target: str, table: dict) -> str:
-    """Rewrite TARGET's description with `table` as its [params.shapes] (everything before it kept as
-    written), atomically: in place (targets/TARGET.toml, or the user's copy), or, where that folder cannot
-    be written (an installed package), as a copy in the user's folder, which get_target reads first."""
+    """Store `table` as TARGET's [params.shapes], atomically; returns the file written. In place in the
+    shipped targets/TARGET.toml (everything before the shapes kept as written), or, where that folder
+    cannot be written (an installed package), the entries that differ from the shipped ones in the user's
+    file of tuned shapes (sdbnn_deploy.targets.user_shapes_path), which get_target merges over them."""
     from sdbnn_deploy.convert import write_atomically
 
     source = target_path(target)
     text = source.read_text()
     if "\n[params]" not in text:
         raise UserError(f"{source}: no [params] table to write the tuned parameters into")
-    path = source if _writable(source.parent) else user_targets_dir() / source.name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cuts = [i for i in (text.find("\n" + SHAPES_COMMENT), text.find("\n[params.shapes")) if i >= 0]
-    lines = [text[:min(cuts, default=len(text))].rstrip("\n"), "", SHAPES_COMMENT]
+    if _writable(source.parent):
+        path = source
+        cuts = [i for i in (text.find("\n" + SHAPES_COMMENT), text.find("\n[params.shapes")) if i >= 0]
+        lines = [text[:min(cuts, default=len(text))].rstrip("\n"), "", SHAPES_COMMENT]
+    else:
+        path = user_shapes_path(target)
+        shipped = tomllib.loads(text).get("params", {}).get("shapes", {})
+        table = {key: values for key, values in table.items() if shipped.get(key) != values}
+        lines = [f"# Tuned shapes of {target}, merged over {source} (sdbnn_deploy.targets).", SHAPES_COMMENT]
     for key, values in table.items():
         lines += [f'[params.shapes."{key}"]', *(f"{k} = {_toml_value(v)}" for k, v in values.items())]
-    write_atomically(path, ("\n".join(lines) + "\n").encode())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, ("\n".join(lines) + "\n").encode())
+    except OSError as e:
+        raise UserError(f"{path}: cannot write the tuned parameters ({e.strerror or e})") from None
     get_target(target)  # the file must still parse
     return str(path)
 

@@ -73,13 +73,18 @@ def test_worker_times_with_the_bench_rule():
 
 
 def test_worker_script_imports_in_an_environment_without_the_package(tmp_path):
-    """The LCE environment does not install sdbnn_deploy: the script finds bench_timing beside itself."""
-    numpy_dir = str(Path(np.__file__).parent.parent)  # -S: no site, so no editable install of ours
-    script = (f"import importlib.util, runpy, sys; sys.path.append({numpy_dir!r}); "
-              "assert importlib.util.find_spec('sdbnn_deploy') is None; sys.argv = ['w']; "
-              f"runpy.run_path({str(bench_lce.WORKER)!r}, run_name='__main__')")
+    """The LCE environment has numpy but not sdbnn_deploy (nor torch, tvm, ...): with only numpy on the
+    path (python -I -S: no site-packages), the script finds bench_timing beside itself and answers."""
+    site = tmp_path / "site"
+    site.mkdir()
+    for name in ("numpy", "numpy.libs"):
+        if (Path(np.__file__).parent.parent / name).exists():
+            (site / name).symlink_to(Path(np.__file__).parent.parent / name)
+    script = (f"import importlib.util, runpy, sys; sys.path.append({str(site)!r}); "
+              "assert importlib.util.find_spec('sdbnn_deploy') is None and importlib.util.find_spec('torch') is None; "
+              f"sys.argv = ['w']; runpy.run_path({str(bench_lce.WORKER)!r}, run_name='__main__')")
     proc = subprocess.run([sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True, cwd=tmp_path)
-    assert proc.stderr.strip().splitlines()[-1].startswith("IndexError"), proc.stderr  # main(): no arguments
+    assert proc.returncode == 2 and proc.stderr.startswith("usage: lce_worker.py convert|time SPEC.json"), proc.stderr
 
 
 def test_parse_worker_output_takes_the_last_json_line():

@@ -93,20 +93,48 @@ def test_write_params_is_atomic_and_keeps_the_rest(targets_copy):
 
 
 def test_write_params_into_a_read_only_install_goes_to_the_user_folder(targets_copy, tmp_path, monkeypatch):
-    """An installed package's targets/ cannot be written: the winners go to a copy in the user's folder,
-    which get_target reads from then on; the shipped file stays as it was."""
+    """An installed package's targets/ cannot be written: the tuned shapes that differ from the shipped
+    ones go to the user's file, merged over the shipped description from then on; the shipped file stays
+    as it was and still gives everything else (an upgraded shipped file is not shadowed)."""
     from sdbnn_deploy.targets import USER_TARGETS_ENV, target_names
 
-    user = tmp_path / "config" / "targets"
-    monkeypatch.setenv(USER_TARGETS_ENV, str(user))
-    shipped = (targets_copy / "x86-avx2.toml").read_text()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(USER_TARGETS_ENV, "config/targets")  # relative: resolved once, here
+    shipped_path = targets_copy / "x86-avx2.toml"
+    shipped = shipped_path.read_text()
+    before = get_target("x86-avx2").params
     monkeypatch.setattr(tune, "_writable", lambda folder: folder != targets_copy)  # root writes anywhere
-    table = {"6x6x1>4x4x6:3x3:bits": {"tile_pixels": 2, "tile_blocks": 3, "epilogue": "row"}}
-    written = tune.write_params("x86-avx2", table)
-    assert written == str(user / "x86-avx2.toml")
-    assert (targets_copy / "x86-avx2.toml").read_text() == shipped
-    assert get_target("x86-avx2").params["shapes"] == table and "x86-avx2" in target_names()
-    assert target_names().count("x86-avx2") == 1
+    (key, old), *_ = before["shapes"].items()
+    new = {"6x6x1>4x4x6:3x3:bits": {"tile_pixels": 2, "tile_blocks": 3, "epilogue": "row"}}
+    written = tune.write_params("x86-avx2", {key: old, **new})
+    assert written == str(tmp_path / "config" / "targets" / "x86-avx2.toml")
+    assert shipped_path.read_text() == shipped
+    assert key not in (tmp_path / "config" / "targets" / "x86-avx2.toml").read_text()  # unchanged: not copied
+    after = get_target("x86-avx2").params
+    assert after["shapes"] == {**before["shapes"], **new} and target_names().count("x86-avx2") == 1
+    assert {k: v for k, v in after.items() if k != "shapes"} == {k: v for k, v in before.items() if k != "shapes"}
+    # A later shipped change of another parameter is seen (only the shapes are the user's).
+    shipped_path.write_text(shipped.replace("[params]\n", "[params]\ntile_pixels = 3\n", 1))
+    assert get_target("x86-avx2").params["tile_pixels"] == 3
+
+
+def test_a_user_folder_that_cannot_be_made_is_one_error(targets_copy, tmp_path, monkeypatch):
+    from sdbnn_deploy.targets import USER_TARGETS_ENV
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv(USER_TARGETS_ENV, str(tmp_path / "file" / "targets"))
+    monkeypatch.setattr(tune, "_writable", lambda folder: False)
+    with pytest.raises(UserError, match="cannot write the tuned parameters"):
+        tune.write_params("x86-avx2", {"k": {"tile_pixels": 1}})
+
+
+def test_a_user_shapes_file_with_other_keys_is_an_error(monkeypatch, tmp_path):
+    from sdbnn_deploy.targets import USER_TARGETS_ENV
+
+    monkeypatch.setenv(USER_TARGETS_ENV, str(tmp_path))
+    (tmp_path / "x86-avx2.toml").write_text('[llvm]\nmcpu = "x"\n')
+    with pytest.raises(UserError, match="only"):
+        get_target("x86-avx2")
 
 
 def test_writable_is_tried(tmp_path):
