@@ -10,12 +10,6 @@ Params read here (defaults in DEFAULTS; targets/rpi*.toml set them):
     byte_lanes    use kernels_arm (uint8 partial sums, below), else kernels (uint64 word lanes)
     tile_pixels   output pixels per register tile (an upper bound: the largest divisor of the output
                   width within it is used)
-    tile_pixels_short_taps
-                  with byte lanes, tile_pixels for the convs whose tap is at most SHORT_TAP_QUADS quads
-                  (Cin <= 256): their whole reduction is one uint8 chunk, so a wider tile (4 pixels x 4
-                  channels = 16 accumulators) cuts the loads per popcount and still fits the registers;
-                  over 4 quads per tap the wider tile spills (rpi4: 3.72 instead of 3.50 instructions per
-                  128 bit-MACs at Cin 512), so those keep tile_pixels
     tile_vectors  with byte lanes: V, the output channels per weight block, i.e. the weights' layout
                   (conv_lanes), and the tile's 16-byte accumulators per pixel; with word lanes: the
                   tile's blocks of 2 channels (an upper bound, as tile_pixels)
@@ -32,11 +26,12 @@ partial sums stay in registers while a chunk of the reduction (at most 31 quads)
 `eor`, `cnt .16b`, `add .16b` plus the loads (ldp of two q), so the hot loop does about 3.4-3.5
 instructions per 128 bit-MACs (sdbnn_deploy.asm_count). After each chunk the bytes are widened into
 uint16 lanes, at the end one `uaddlv` per 16 lanes adds them into the output's count. With one chunk
-(Cin <= 256 at 3x3) the tile is 4 pixels x 4 channels (tile_pixels_short_taps) where the output width
-allows: LLVM keeps a kernel row of taps per loop (48 cnt) and the tile's end outside it, 3.31 (one quad)
-and 3.41 (two quads) on rpi4; at stride 2 the taps share input columns, LLVM keeps them in registers and
-spills a few accumulators (3.60-3.67). With 2 pixels x 4 channels the whole tile is one loop with its end
-(3.68). Widths with no divisor 4 (7, 14) fall back to smaller tiles (3.69-4.00).
+(Cin <= 128 at 3x3) the tile loop is the innermost loop with `cnt` and holds the tile's end too: about
+3.7 instructions per 128 bit-MACs. Tried and dropped (rpi4, 2026-11): 4 x 4 tiles for Cin <= 256 and
+7 x 2 tiles on rows of 7 lower that figure (3.31 and 3.55-3.62) only by leaving the tile's end outside the
+counted loop (scalar, about 5 instructions per output); counted under qemu (QEMU_LOG=in_asm,exec,nochain,
+executed blocks x their sizes) the whole conv does more per `cnt .16b`: 4.57 -> 4.88 (Cin 64, stride 1),
+4.61 -> 5.27 (stride 2), 4.22 -> 4.31 (Cin 256), 4.49 -> 4.68 (7x7, Cin 512).
 
 Without byte_lanes (kernels.binary_conv2d): one q register holds V = 2 uint64 weight words (two output
 channels); LLVM lowers the uint64 popcount to `cnt v.16b` and widens at every step (uaddlp .8h,
@@ -49,9 +44,8 @@ from tvm import s_tir
 from sdbnn_deploy.tvm import kernels, kernels_arm, largest_divisor
 from sdbnn_deploy.tvm.schedule_x86 import _mode, _parallel_rows
 
-DEFAULTS = {"byte_lanes": True, "tile_pixels": 2, "tile_pixels_short_taps": 4, "tile_vectors": 4, "shapes": {}}
+DEFAULTS = {"byte_lanes": True, "tile_pixels": 2, "tile_vectors": 4, "shapes": {}}
 SHAPE_PARAMS = ("tile_pixels", "tile_vectors")
-SHORT_TAP_QUADS = 2  # taps of at most this many quads get tile_pixels_short_taps
 LANES = 2  # uint64 words per 128-bit NEON register (word lanes)
 ACCUMULATORS = 16  # q registers a register tile may hold (of 32: the rest for input and weight vectors)
 
@@ -84,36 +78,14 @@ def tile_extents(sch: s_tir.Schedule) -> tuple[int, int]:
 
 
 def conv_choice(sch: s_tir.Schedule, params) -> dict:
-    """The per-shape params of this conv (SHAPE_PARAMS): its entry in `shapes`, else the global ones
-    (tile_pixels_short_taps as tile_pixels where a byte-lane tap is at most SHORT_TAP_QUADS quads; with
-    byte lanes, _row_tile where the output width has no divisor above 1 within tile_pixels)."""
+    """The per-shape params of this conv (SHAPE_PARAMS): its entry in `shapes`, else the global ones."""
     chosen = {name: _param(params, name) for name in SHAPE_PARAMS}
-    if _has_block(sch, "popcount_bytes"):
-        if _tap_quads(sch) <= SHORT_TAP_QUADS:
-            chosen["tile_pixels"] = _param(params, "tile_pixels_short_taps")
-        width, _ = tile_extents(sch)
-        if largest_divisor(width, chosen["tile_pixels"]) == 1 < width:  # a prime width such as 7
-            chosen.update(_row_tile(width))
     entry = _param(params, "shapes").get(conv_key(sch), {})
     unknown = sorted(set(entry) - set(SHAPE_PARAMS))
     if unknown:
         raise ValueError(f"schedule_arm: shapes entries may set {list(SHAPE_PARAMS)}, not {unknown}")
     chosen.update({name: int(value) for name, value in entry.items()})
     return chosen
-
-
-def _row_tile(width: int) -> dict:
-    """The tile for an output width whose only divisor within tile_pixels is 1 (Bi-Real's 7x7 outputs): as
-    many pixels of the row as half the accumulators allow, and the channels that the rest allow (7 x 2),
-    so that each weight vector loaded serves several pixels (rpi4: 3.62 and 3.55 instead of 4.00 and
-    3.90 instructions per 128 bit-MACs at Cin 256 and 512 with 1 x 4)."""
-    pixels = largest_divisor(width, ACCUMULATORS // 2)
-    return {"tile_pixels": pixels, "tile_vectors": ACCUMULATORS // pixels}
-
-
-def _tap_quads(sch: s_tir.Schedule) -> int:
-    """Quads per tap of a byte-lane conv: its weights are (blocks, kh, kw, quads, V, 16)."""
-    return int(sch.mod["main"].params[1].shape[3])
 
 
 def conv_kernels(params):
