@@ -70,15 +70,45 @@ def test_pool_nchw_scheduled_equals_numpy(channels, height, width, window, strid
     np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=2.5e-7)
 
 
-def _rewritten(dtype: str, axes, padding=(0, 0, 0, 0)) -> tvm.IRModule:
+def _pool_of_transposed(dtype: str, axes, padding=(0, 0, 0, 0), shape=(1, 8, 8, 32), window=(2, 2),
+                        strides=(2, 2)) -> tvm.IRModule:
     bb = relax.BlockBuilder()
-    y = relax.Var("y", relax.TensorType((1, 8, 8, 32), dtype))
+    y = relax.Var("y", relax.TensorType(shape, dtype))
     with bb.function("main", [y]):
         with bb.dataflow():
             t = bb.emit(relax.op.permute_dims(y, axes))
-            out = bb.emit_output(relax.op.nn.max_pool2d(t, (2, 2), (2, 2), padding))
+            out = bb.emit_output(relax.op.nn.max_pool2d(t, window, strides, padding))
         bb.emit_func_output(out)
-    return pool_channels_last.pool_channels_last()(bb.get())
+    return bb.get()
+
+
+def _rewritten(*args, **kwargs) -> tvm.IRModule:
+    return pool_channels_last.pool_channels_last()(_pool_of_transposed(*args, **kwargs))
+
+
+# (shape NHWC, window, strides, dtype): windows other than their strides, odd sizes, batch 2, narrow ints
+@pytest.mark.parametrize("shape, window, strides, dtype", [
+    ((2, 9, 11, 16), (3, 3), (2, 2), "int32"),
+    ((1, 7, 8, 24), (2, 3), (1, 2), "int16"),
+    ((1, 6, 6, 8), (3, 3), (1, 1), "uint8"),
+])
+def test_rewritten_module_equals_the_pool_of_the_transposition(shape, window, strides, dtype):
+    """The rewritten Relax module, compiled, gives what TVM's own transpose + max_pool2d gives (and numpy):
+    pool_size and strides reach pool_nchw in their places."""
+    mod = _pool_of_transposed(dtype, [0, 3, 1, 2], shape=shape, window=window, strides=strides)
+    rewritten = pool_channels_last.pool_channels_last()(mod)
+    assert "pool_channels_last" in [str(g.name_hint) for g in rewritten.functions]
+    info = np.iinfo(dtype)
+    y = np.random.default_rng(5).integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+    results = []
+    for m in (mod, rewritten):
+        vm = relax.VirtualMachine(tvm.compile(m, target=TARGET), tvm.cpu())
+        results.append(vm["main"](tvm.runtime.tensor(y)).numpy())
+    (kh, kw), (sh, sw) = window, strides
+    oh, ow = (shape[1] - kh) // sh + 1, (shape[2] - kw) // sw + 1
+    want = np.stack([y[:, r:r + sh * oh:sh, s:s + sw * ow:sw] for r in range(kh) for s in range(kw)]).max(0)
+    np.testing.assert_array_equal(results[0], want.transpose(0, 3, 1, 2))
+    np.testing.assert_array_equal(results[1], results[0])
 
 
 def test_rewrites_the_pool_of_a_transposed_integer_tensor_only():
@@ -86,6 +116,7 @@ def test_rewrites_the_pool_of_a_transposed_integer_tensor_only():
         return sorted(str(g.name_hint) for g, f in mod.functions.items() if isinstance(f, tirx.PrimFunc))
 
     assert kernels_of(_rewritten("int32", [0, 3, 1, 2])) == ["pool_channels_last"]
-    assert kernels_of(_rewritten("float32", [0, 3, 1, 2])) == []  # -inf padding of floats: not ours
+    assert kernels_of(_rewritten("float32", [0, 3, 1, 2])) == []  # floats (NaN ordering): not ours
     assert kernels_of(_rewritten("int32", [0, 3, 2, 1])) == []
     assert kernels_of(_rewritten("int32", [0, 3, 1, 2], padding=(1, 1, 1, 1))) == []
+    assert kernels_of(_rewritten("int32", [0, 3, 1, 2], shape=(tirx.Var("n", "int64"), 8, 8, 32))) == []
