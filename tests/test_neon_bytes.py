@@ -152,3 +152,13 @@ def test_resnet20_for_rpi4_under_qemu_equals_onnxruntime(tmp_path):
         assert loop.per_128_bit_macs <= MAX_INSTRUCTIONS_PER_128_ONE_QUAD
         assert loop.mnemonics.get("uaddlv", 0) * 9 == loop.byte_cnts  # 3x3 taps: one lane sum per output
         assert not any(m.startswith(("uxtl", "uaddw")) or m == "uaddl" for m in loop.mnemonics)
+
+
+def test_rpi4_conv_output_stage_is_vectorised(tmp_path):
+    """The affine output stage (schedule_arm._vectorize_planes) converts, scales and shifts 4 lanes per
+    instruction: no scalar int-to-float conversion is left in the conv (it cost 7 instructions per output)."""
+    mod, _, _ = _conv_module([(1, 64, 8, 8, 8, 3, 1, 1, "affine")])
+    functions = asm_count.disassemble(_export(mod, tmp_path / "conv.so"))
+    (conv,) = [code for name, code in functions.items() if any(ins.is_byte_cnt for ins in code)]
+    conversions = [ins.operands for ins in conv if ins.mnemonic == "scvtf"]
+    assert conversions and all(".4s" in operands for operands in conversions), conversions
