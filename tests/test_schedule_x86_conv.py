@@ -127,3 +127,26 @@ def test_an_unknown_per_shape_parameter_is_an_error():
     key = schedule_x86.conv_key(sch)
     with pytest.raises(ValueError, match="unknown parameters \\['tile_pixel'\\]"):
         schedule_x86.conv_choice(sch, {"shapes": {key: {"tile_pixel": 4}}})
+
+
+@pytest.mark.parametrize("target", [HOST, "x86-avx2", "x86-generic"])
+def test_bits_with_thresholds_beyond_every_output(target):
+    """The "conv" stage subtracts the clamped thresholds: int32's extremes and values just past +-taps
+    (taps = 64 * 9) give the reference's bits, with no overflow, in every lane of a 2 x 2 tile."""
+    case = (64, 70, 3, 1, 1, 6, 6, "bits", 1)
+    cin, cout, k, stride, pad, h, w, mode, n = case
+    x, wt, _, attrs = conv_case(np.random.default_rng(3), *case)
+    taps = cin * k * k
+    extremes = np.array([np.iinfo(np.int32).min, np.iinfo(np.int32).max, -taps - 2, taps + 2, -taps, taps, 0])
+    thresholds = extremes[np.arange(cout) % len(extremes)].astype(np.int32)
+    params = {**get_target(target).params, "shapes": {}, "tile_pixels": 2, "tile_blocks": 1}
+    lanes = schedule_x86.conv_lanes(params)
+    blocked, correction = kernels.prepare_conv_weights(wt, cin, (h, w), attrs["pads"], attrs["strides"], lanes)
+    arrays = [x, blocked, correction, thresholds]
+    tensors = placeholders(arrays, ["x", "weights", "correction", "thresholds"])
+    output = kernels.binary_conv2d(*tensors, out_channels=cout, mode=mode, **attrs)
+    sch = tvm.s_tir.Schedule(tvm.te.create_prim_func(list(tensors) + [output]))
+    schedule_x86.schedule_binary_conv2d(sch, params)
+    lib = tvm.compile(sch.mod["main"], target=tvm.target.Target(get_target(target).tvm_target))
+    want = binary_conv2d.reference(x, wt, thresholds, mode=mode, **attrs)
+    np.testing.assert_array_equal(run(lib, arrays, want), want)
