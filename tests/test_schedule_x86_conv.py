@@ -53,9 +53,21 @@ def test_channel_parts_are_exact(case, parts):
 
 
 def test_parts_of_whole_words_keep_the_output_stage_in_the_tile():
-    """pad and the conv with its output stage: two parallel loops (a separate output pass would be a third)."""
+    """The conv with its output stage: one parallel loop (a separate output pass would be a second; the
+    9x9x1 words of the padded input are copied on one thread)."""
     sch, _, _ = scheduled(CASES[0], 2)
-    assert parallel_loops(sch) == 2
+    assert parallel_loops(sch) == 1
+
+
+@pytest.mark.parametrize("hw, pad_parallel", [(7, False), (126, True)])
+def test_only_a_large_padded_input_is_copied_in_parallel(hw, pad_parallel):
+    """9x9 words stay under SERIAL_PAD_WORDS, 128x128 do not; the result is exact either way."""
+    case = (64, 64, 3, 1, 1, hw, hw, "bits", 1)
+    assert ((hw + 2) ** 2 > schedule_x86.SERIAL_PAD_WORDS) == pad_parallel
+    sch, arrays, want = scheduled(case, 1)
+    assert parallel_loops(sch) == 1 + pad_parallel
+    lib = tvm.compile(sch.mod["main"], target=tvm.target.Target(get_target(HOST).tvm_target))
+    np.testing.assert_array_equal(run(lib, arrays, want), want)
 
 
 @pytest.mark.parametrize("rows, tiles, parts", [(7, 64, 2), (7, 5, 1), (14, 64, 1), (23, 2, 2), (25, 8, 1), (1, 2, 2)])

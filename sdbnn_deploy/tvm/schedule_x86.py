@@ -41,6 +41,7 @@ The conv, as measured (tvm-notes.md, "What made a binary conv fast", and sdbnn_d
   buffer: without this the separate output pass over a global buffer cost up to 45% of the layer;
   an NCHW output transposes the tile's channel vectors into rows of pixels, cheapest in the tile's
   registers (row_layout "channels"); a bits output compares a word's 64 channels in vectors;
+- the padded input copied on one thread where it is small (starting a parallel region costs more);
 - rows (batch x output rows) run in parallel, or rows x parts of the output channels where the rows are
   too few to share evenly between threads (Bi-Real-18's 7x7 outputs).
 """
@@ -57,6 +58,8 @@ SHAPE_PARAMS = ("tile_pixels", "tile_blocks", "epilogue", "channel_parts", "row_
 # Rows (batch x output rows) below which an odd count is split further by output channels: 2 threads
 # over 7 rows do 4 and 3 (at most 1.75x); over 27 rows, 14 and 13 (1.93x).
 FEW_ROWS = 24
+# Padded input words up to which the conv's pad stage runs on one thread (_schedule_pad).
+SERIAL_PAD_WORDS = 8192
 # Output words per pixel from which the bits output stage unrolls its word loop (_schedule_conv_output).
 UNROLLED_WORDS = 3
 
@@ -175,7 +178,7 @@ def schedule_binary_conv2d(sch: s_tir.Schedule, params) -> None:
     conv = sch.get_sblock("conv")
     out = sch.get_sblock("output")
 
-    _parallel_rows(sch, pad)
+    _schedule_pad(sch, pad)
 
     n, oh, ow, b, v, r, s, k = sch.get_loops(counts)
     owo, owi = sch.split(ow, [None, choice["tile_pixels"]])
@@ -203,6 +206,19 @@ def schedule_binary_conv2d(sch: s_tir.Schedule, params) -> None:
             and _mode(sch) in ("int", "affine")):
         _channel_major_row(sch, conv)
     _schedule_conv_output(sch, out)
+
+
+def _schedule_pad(sch: s_tir.Schedule, pad) -> None:
+    """The padded copy of the input: serial up to SERIAL_PAD_WORDS words, else its rows in parallel.
+
+    A parallel region costs more to start than a small copy: Bi-Real-18's 512->512 7x7 conv (a 9x9x8 word
+    input) on 2 threads 26.3 -> 25.4 us with a serial pad (1.80x -> 1.86x over one thread), ResNet-18's
+    64->64 32x32 12.8 -> 12.2 us; a 58x58x1 input (Bi-Real's 56x56 layers) took the same time either way."""
+    words = 1
+    for iv in sch.get(pad).iter_vars:
+        words *= int(iv.dom.extent)
+    if words > SERIAL_PAD_WORDS:
+        _parallel_rows(sch, pad)
 
 
 def _channel_major_row(sch: s_tir.Schedule, conv) -> None:
