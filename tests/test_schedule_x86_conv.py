@@ -59,6 +59,15 @@ def test_parts_of_whole_words_keep_the_output_stage_in_the_tile():
     assert parallel_loops(sch) == 1
 
 
+def test_channel_parts_are_the_outer_parallel_loop():
+    """Two threads share 2 parts x 7 rows in halves: each half must be one part (half the weights)."""
+    sch, _, _ = scheduled(CASES[0], 2)
+    script = sch.mod["main"].script()
+    assert "_fused in T.parallel(14)" in script
+    assert "v_y = T.axis.spatial(7, b_0_i_y_fused % 7)" in script
+    assert "v_b = T.axis.spatial(16, b_0_i_y_fused // 7 * 8" in script
+
+
 @pytest.mark.parametrize("hw, pad_parallel", [(7, False), (126, True)])
 def test_only_a_large_padded_input_is_copied_in_parallel(hw, pad_parallel):
     """9x9 words stay under SERIAL_PAD_WORDS, 128x128 do not; the result is exact either way."""

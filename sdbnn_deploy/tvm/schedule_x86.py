@@ -127,8 +127,8 @@ def default_epilogue(mode: str) -> str:
 def default_channel_parts(rows: int, tiles: int, halves_whole_words: bool = True) -> int:
     """2 where an odd number of rows, fewer than FEW_ROWS, would leave one thread a row more than the
     other and the `tiles` (blocks of tile_blocks) split in two, into halves of whole output words for
-    "bits" (else its output stage would be a separate pass); else 1. Each part reads the whole input row
-    but only its share of the weights."""
+    "bits" (else its output stage would be a separate pass); else 1. The parts are the outer parallel
+    loop, so with 2 threads each thread reads the whole input but only its half of the weights."""
     return 2 if rows % 2 and rows < FEW_ROWS and tiles % 2 == 0 and halves_whole_words else 1
 
 
@@ -184,8 +184,10 @@ def schedule_binary_conv2d(sch: s_tir.Schedule, params) -> None:
     owo, owi = sch.split(ow, [None, choice["tile_pixels"]])
     part, bo, bi = sch.split(b, [choice["channel_parts"], None, choice["tile_blocks"]])
     taps = sch.fuse(s, k)  # kw and the input words: one run of contiguous words in input and weights
-    sch.reorder(n, oh, part, owo, bo, r, taps, owi, bi, v)
-    rows = sch.fuse(n, oh, part)  # the parallel tasks: rows, or rows x channel parts
+    # The parallel tasks: rows, or channel parts x rows, parts outermost: split evenly between threads,
+    # each thread reads only its part's weights (Bi-Real-18's 512->512 7x7, 2 threads: 25.6 -> 24.5 us).
+    sch.reorder(part, n, oh, owo, bo, r, taps, owi, bi, v)
+    rows = sch.fuse(part, n, oh)
     sch.parallel(rows)
     sch.unroll(owi)
     sch.unroll(bi)
