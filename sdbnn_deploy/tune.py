@@ -41,11 +41,13 @@ from sdbnn_deploy.errors import UserError
 from sdbnn_deploy.remote import DEFAULT_TIMEOUT, Session, connect
 from sdbnn_deploy.targets import _cpu_flags, get_target, target_path, tomllib, user_shapes_path
 from sdbnn_deploy.tvm import OP_ATTR, conv_kernels, kernels, schedule_arm, schedule_module, schedule_x86
+from sdbnn_deploy.tvm.relax_import import compute_mode
 
 # (Cin, Cout, kernel, stride, pad, input H=W, output mode): the binary convs of VGG-Small and ResNet-18 (CIFAR).
 SHAPES = [
     (128, 128, 3, 1, 1, 32, "bits"), (128, 256, 3, 1, 1, 16, "bits"), (256, 256, 3, 1, 1, 16, "bits"),
-    (256, 512, 3, 1, 1, 8, "bits"), (512, 512, 3, 1, 1, 8, "int"),
+    (256, 512, 3, 1, 1, 8, "bits"), (128, 128, 3, 1, 1, 32, "int"), (256, 256, 3, 1, 1, 16, "int"),
+    (512, 512, 3, 1, 1, 8, "int"),
     (64, 64, 3, 1, 1, 32, "bits"), (64, 64, 3, 1, 1, 32, "affine"), (64, 128, 3, 2, 1, 32, "bits"),
     (128, 128, 3, 1, 1, 16, "affine"), (128, 256, 3, 2, 1, 16, "bits"), (256, 256, 3, 1, 1, 8, "bits"),
     (256, 256, 3, 1, 1, 8, "affine"), (256, 512, 3, 2, 1, 8, "bits"), (512, 512, 3, 1, 1, 4, "bits"),
@@ -76,8 +78,9 @@ def runnable(target: str, cpuinfo_path: str = "/proc/cpuinfo") -> bool:
 
 
 def conv_primfunc(cin, cout, k, stride, pad, hw, mode, lanes: int, conv=kernels) -> tvm.tirx.PrimFunc:
-    """The unscheduled BinaryConv2d PrimFunc of one shape, tagged as the importer tags it; `conv` is the
-    module with its compute (kernels, or kernels_arm for byte lanes: sdbnn_deploy.tvm.conv_kernels)."""
+    """The unscheduled BinaryConv2d PrimFunc of one shape (mode: the ONNX node's), as the importer emits
+    and tags it; `conv` is the module with its compute (kernels, or kernels_arm for byte lanes:
+    sdbnn_deploy.tvm.conv_kernels)."""
     words = np.zeros((cout, k, k, -(-cin // 64)), np.uint64)
     blocked, correction = conv.prepare_conv_weights(words, cin, (hw, hw), (pad, pad), (stride, stride), lanes)
     shapes = [((1, hw, hw, words.shape[3]), "uint64"), (blocked.shape, str(blocked.dtype)),
@@ -85,7 +88,7 @@ def conv_primfunc(cin, cout, k, stride, pad, hw, mode, lanes: int, conv=kernels)
     shapes += {"int": [], "affine": [((cout,), "float32")] * 2, "bits": [((cout,), "int32")]}[mode]
     tensors = [te.placeholder(s, d, f"a{i}") for i, (s, d) in enumerate(shapes)]
     out = conv.binary_conv2d(*tensors, in_channels=cin, out_channels=cout, strides=(stride, stride),
-                             pads=(pad, pad), mode=mode)
+                             pads=(pad, pad), mode=compute_mode(mode, conv))
     return te.create_prim_func(tensors + [out]).with_attr(OP_ATTR, "BinaryConv2d")
 
 
@@ -115,7 +118,7 @@ def candidates(sch, params: dict) -> list[dict]:
     tiles = tiles or [schedule_x86.default_tile(width, blocks, most)]
     # Where the output stage runs, and with "row" and an NCHW output, the layout of the row's results.
     places = [{"epilogue": e} for e in schedule_x86.EPILOGUES]
-    if schedule_x86._mode(sch) != "bits":
+    if schedule_x86._mode(sch) in ("int", "affine"):  # NCHW outputs (int_nhwc is channels last already)
         places.append({"epilogue": "row", "row_layout": "channels"})
     return [{"tile_pixels": tw, "tile_blocks": tb, **place} for tw, tb in tiles for place in places]
 

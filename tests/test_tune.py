@@ -137,6 +137,17 @@ def test_a_user_shapes_file_with_other_keys_is_an_error(monkeypatch, tmp_path):
         get_target("x86-avx2")
 
 
+@pytest.mark.parametrize("target", sorted(tune.REQUIRED_FLAGS))
+def test_shipped_shape_keys_are_keys_the_importer_makes(target):
+    """x86 compiles an "int" conv as "int_nhwc" (relax_import.compute_mode): a shipped ":int" key would
+    never match, and the search must tune what the importer emits."""
+    modes = {key.rsplit(":", 1)[1] for key in get_target(target).params.get("shapes", {})}
+    assert modes <= {"bits", "affine", "int_nhwc"}, modes
+    sch = tvm.s_tir.Schedule(tune.conv_primfunc(64, 64, 3, 1, 1, 8, "int", lanes=8))
+    assert schedule_x86.conv_key(sch).endswith(":int_nhwc")
+    assert all("row_layout" not in c for c in tune.candidates(sch, get_target(target).params))
+
+
 def test_writable_is_tried(tmp_path):
     assert tune._writable(tmp_path) and not tune._writable(tmp_path / "missing")
 

@@ -89,11 +89,16 @@ def _convert_binary_conv2d(bb, inputs, attr, lanes: int, conv=kernels):
     if expected is None or len(extra) != expected:
         raise UserError(f"node {name}: BinaryConv2d mode {mode!r} with {len(extra)} output-stage inputs")
     blocked, correction = conv.prepare_conv_weights(w, cin, (h, width), pads, strides, lanes)
-    channels_last = mode == "int" and conv is kernels
+    compute = compute_mode(mode, conv)
     y = _emit(bb, conv.binary_conv2d, "BinaryConv2d", x, relax.const(blocked), relax.const(correction),
-              *extra, in_channels=cin, out_channels=int(w.shape[0]), strides=strides, pads=pads,
-              mode="int_nhwc" if channels_last else mode)
-    return bb.emit(relax.op.permute_dims(y, [0, 3, 1, 2])) if channels_last else y
+              *extra, in_channels=cin, out_channels=int(w.shape[0]), strides=strides, pads=pads, mode=compute)
+    return bb.emit(relax.op.permute_dims(y, [0, 3, 1, 2])) if compute == "int_nhwc" else y
+
+
+def compute_mode(mode: str, conv=kernels) -> str:
+    """The output mode of the compute emitted for a BinaryConv2d of ONNX `mode`: "int" as "int_nhwc"
+    (channels last, transposed after) with kernels' uint64-word compute, else the mode itself."""
+    return "int_nhwc" if mode == "int" and conv is kernels else mode
 
 
 def _convert_packed_max_pool2d(bb, inputs, attr):

@@ -120,7 +120,9 @@ def default_epilogue(mode: str) -> str:
     An NCHW output stage after each tile of pixels stores a few pixels into each of the Cout channel rows
     of the output, rows H*W*4 bytes apart, so every tile touches Cout lines of the same L1 set and evicts
     them again (VGG-Small's 128->128 32x32 int conv: 250 us with a 4x4 tile, 83 us once per row, measured
-    here; the bits conv of the same shape takes 70 us). Once per row, each channel's row is stored whole."""
+    here; the bits conv of the same shape takes 70 us). Once per row, each channel's row is stored whole.
+    int_nhwc (channels last, stored in the conv's own order) also gets "row", a default not measured
+    against "pixels": the convs of our models have tuned entries (targets/*.toml)."""
     return "pixels" if mode == "bits" else "row"
 
 
