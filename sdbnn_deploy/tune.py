@@ -306,15 +306,41 @@ def write_params(target: str, table: dict) -> str:
         shipped = tomllib.loads(text).get("params", {}).get("shapes", {})
         table = {key: values for key, values in table.items() if shipped.get(key) != values}
         lines = [f"# Tuned shapes of {target}, merged over {source} (sdbnn_deploy.targets).", SHAPES_COMMENT]
-    for key, values in table.items():
-        lines += [f'[params.shapes."{key}"]', *(f"{k} = {_toml_value(v)}" for k, v in values.items())]
+    lines += _shape_lines(table)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, ("\n".join(lines) + "\n").encode())
+        if path == source:
+            _forget_user_shapes(target, table)
     except OSError as e:
         raise UserError(f"{path}: cannot write the tuned parameters ({e.strerror or e})") from None
-    get_target(target)  # the file must still parse
+    in_effect = get_target(target).params.get("shapes", {})  # the files must still parse, and say `table`
+    assert all(in_effect.get(key) == values for key, values in table.items()), "tuned shapes not in effect"
     return str(path)
+
+
+def _forget_user_shapes(target: str, table: dict) -> None:
+    """Drop the entries of `table` from the user's file of TARGET's tuned shapes (merged over the shipped
+    file, they would hide what was just written there); the file goes when nothing is left."""
+    from sdbnn_deploy.convert import write_atomically
+
+    path = user_shapes_path(target)
+    if not path.is_file():
+        return
+    text = path.read_text()
+    kept = {k: v for k, v in tomllib.loads(text).get("params", {}).get("shapes", {}).items() if k not in table}
+    if not kept:
+        path.unlink()
+        return
+    lines = [line for line in text.splitlines() if line.startswith("#")][:2]
+    lines += _shape_lines(kept)
+    write_atomically(path, ("\n".join(lines) + "\n").encode())
+
+
+def _shape_lines(table: dict) -> list[str]:
+    """{shape key: params} as toml lines, one [params.shapes."KEY"] table each."""
+    return [line for key, values in table.items()
+            for line in (f'[params.shapes."{key}"]', *(f"{k} = {_toml_value(v)}" for k, v in values.items()))]
 
 
 def _writable(folder: Path) -> bool:

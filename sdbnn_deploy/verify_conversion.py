@@ -74,8 +74,7 @@ def check_conversion(model, g, model_proto, probe, max_error) -> dict:
     elif any(r["input_bit_mismatches"] for r in layers):
         bad = next(r for r in layers if r["input_bit_mismatches"])
         failure = f"binary layer {bad['name']}: {bad['input_bit_mismatches']} input bits differ from torch.sign"
-    elif any(r["input_near_ties"] > max(8, MAX_NEAR_TIES * r["input_bits"]) for r in layers):
-        bad = next(r for r in layers if r["input_near_ties"] > max(8, MAX_NEAR_TIES * r["input_bits"]))
+    elif bad := next((r for r in layers if r["input_near_ties"] > max(8, MAX_NEAR_TIES * r["input_bits"])), None):
         failure = (f"binary layer {bad['name']}: {bad['input_near_ties']} of {bad['input_bits']} input bits "
                    "disagree within rounding of the threshold, more than float rounding explains")
     return {"probe_batch": int(len(probe)), **figures, "max_relative_logit_error": max_error,
@@ -97,6 +96,8 @@ def _capture_binary_layers(model, deployed: dict, probe):
 
     def resolver(name, m, signs):
         def binarize_input(a):
+            if name in captured:  # a module used twice: its deployed signs are one call's
+                raise RuntimeError(f"binary layer {name} called binarize_input twice in one forward pass")
             sign = torch.sign(a)
             tie = a.abs() <= m._tie_scale
             resolved = torch.where(tie, signs, sign)

@@ -65,7 +65,7 @@ def no_user_targets(tmp_path_factory, monkeypatch):
     """Every test sees an empty user folder of target descriptions, not the developer's tuned copies."""
     from sdbnn_deploy.targets import USER_TARGETS_ENV
 
-    monkeypatch.setenv(USER_TARGETS_ENV, str(tmp_path_factory.mktemp("user-targets")))
+    monkeypatch.setenv(USER_TARGETS_ENV, str(tmp_path_factory.getbasetemp() / "user-targets"))  # need not exist
 
 
 @pytest.fixture

@@ -138,3 +138,24 @@ def test_a_shift_off_by_more_than_rounding_fails_the_check(offset):
     if offset:
         conv_a = next(r for r in check["layers"] if r["name"] == "conv_a")
         assert conv_a["input_bit_mismatches"] > 0 and conv_a["input_near_ties"] == 0
+
+
+@pytest.mark.parametrize("offset", [0.0, 2e-6])
+def test_a_shift_moved_within_the_tie_band_fails_on_near_ties(offset):
+    """Inputs within 1e-6 of conv_a's threshold and a deployed shift moved by 2e-6 (inside NEAR_TIE's band,
+    so every differing bit is "resolved"): the near-tie count, not a mismatch, fails the check."""
+    m = _block(17, 7, 3, 1, 1, False, "static", seed=5, boundary=False)
+    probe = np.random.default_rng(5).standard_normal((3, 17, 9, 9)).astype(np.float32)
+    shift = torch.sigmoid(m.conv_a.beta).detach().numpy()
+    near = np.random.default_rng(1).uniform(-1e-6, 1e-6, probe[:, :, :4].shape).astype(np.float32)
+    probe[:, :, :4] = -shift[None, :, None, None] + near
+    result = convert(m, input_shape=(17, 9, 9), probe=probe)
+    g = result.graph
+    pack = g.nodes_of("BinarizePack")[0]
+    g.consts[pack.inputs[1]] = g.consts[pack.inputs[1]] + np.float32(offset)
+    check = check_conversion(m, g, result.onnx_model, probe, 1e-4)
+    conv_a = next(r for r in check["layers"] if r["name"] == "conv_a")
+    assert conv_a["input_bit_mismatches"] == 0
+    assert check["passed"] == (offset == 0.0), check["failure"]
+    if offset:
+        assert conv_a["input_near_ties"] > 8 and "within rounding of the threshold" in check["failure"]

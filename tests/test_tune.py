@@ -99,7 +99,7 @@ def test_write_params_into_a_read_only_install_goes_to_the_user_folder(targets_c
     from sdbnn_deploy.targets import USER_TARGETS_ENV, target_names
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv(USER_TARGETS_ENV, "config/targets")  # relative: resolved once, here
+    monkeypatch.setenv(USER_TARGETS_ENV, "config/targets")  # relative: against the current folder
     shipped_path = targets_copy / "x86-avx2.toml"
     shipped = shipped_path.read_text()
     before = get_target("x86-avx2").params
@@ -116,6 +116,12 @@ def test_write_params_into_a_read_only_install_goes_to_the_user_folder(targets_c
     # A later shipped change of another parameter is seen (only the shapes are the user's).
     shipped_path.write_text(shipped.replace("[params]\n", "[params]\ntile_pixels = 3\n", 1))
     assert get_target("x86-avx2").params["tile_pixels"] == 3
+    # Tuned again where targets/ can be written: the shipped file takes it, the user's stale entry goes.
+    monkeypatch.setattr(tune, "_writable", lambda folder: True)
+    newer = {"6x6x1>4x4x6:3x3:bits": {"tile_pixels": 1, "tile_blocks": 6, "epilogue": "pixels"}}
+    assert tune.write_params("x86-avx2", newer) == str(shipped_path)
+    assert get_target("x86-avx2").params["shapes"] == newer
+    assert not (tmp_path / "config" / "targets" / "x86-avx2.toml").exists()
 
 
 def test_a_user_folder_that_cannot_be_made_is_one_error(targets_copy, tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ Relax pass (before legalisation, after max_pool_before_cast) rewrites
 so the transposition is done on a quarter of the values (2x2 windows), inside the pool, and the cast, BN
 and hardtanh fuse after it as before. Max of integers is exact in any order: bit-identical.
 
-schedule_channels_last_pool (x86, from schedule_float's pass) schedules it: per output row, tiles of
+schedule_channels_last_pool (from schedule_float's pass, where float lanes are known: x86) schedules it: per output row, tiles of
 `lanes` channels x up to `lanes` pixels; each tile's window maxima are taken on contiguous channel vectors
 (one load per window tap and pixel), kept in registers, and the consumer (the cast, BN and hardtanh,
 inlined into one block) writes each channel's pixels as a vector, the tile transposed in registers.

@@ -39,7 +39,7 @@ uaddlp .4s, uadalp .2d): about 6 instructions per 128 bit-MACs. Kept for compari
 `Schedule.tensorize` is not used: it segfaults in this wheel pair (apache-tvm 0.27.0.post1 +
 apache-tvm-ffi 0.1.15.post2, the save_json crash of tvm-notes.md).
 """
-from tvm import s_tir, tirx
+from tvm import s_tir
 
 from sdbnn_deploy.tvm import kernels, kernels_arm, largest_divisor
 from sdbnn_deploy.tvm.schedule_x86 import _mode, _parallel_rows
@@ -176,7 +176,7 @@ def _vectorize_planes(sch: s_tir.Schedule, out) -> None:
     took 7 instructions per output (0.78 per `cnt .16b`); by 8 the whole conv does 4.13 instead of 4.57
     per `cnt .16b` (rpi4, counted under qemu: executed blocks x their sizes)."""
     loops = sch.get_loops(out)  # after _parallel_rows: the fused rows, then the two inner axes
-    if len(loops) != 3 or sch.get(out).iter_vars[-1].iter_type == tirx.IterVar.CommReduce:
+    if len(loops) != 3:  # bits has a fourth loop, the bits of a word (a reduction): not elementwise
         return
     lanes = largest_divisor(_extent(sch, loops[-1]), OUTPUT_LANES)
     if lanes > 1:
