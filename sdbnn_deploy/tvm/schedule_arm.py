@@ -42,7 +42,7 @@ apache-tvm-ffi 0.1.15.post2, the save_json crash of tvm-notes.md).
 from tvm import s_tir
 
 from sdbnn_deploy.tvm import kernels, kernels_arm, largest_divisor
-from sdbnn_deploy.tvm.schedule_x86 import _mode, _parallel_rows
+from sdbnn_deploy.tvm.schedule_x86 import _extent, _mode, _parallel_rows
 
 DEFAULTS = {"byte_lanes": True, "tile_pixels": 2, "tile_vectors": 4, "shapes": {}}
 SHAPE_PARAMS = ("tile_pixels", "tile_vectors")
@@ -97,10 +97,6 @@ def conv_kernels(params):
 def conv_lanes(params) -> int:
     """Output channels per weight block: the tile's vectors with byte lanes, else 2 words per q register."""
     return _param(params, "tile_vectors") if _param(params, "byte_lanes") else LANES
-
-
-def _extent(sch: s_tir.Schedule, loop) -> int:
-    return int(sch.get(loop).extent)
 
 
 def schedule_binary_conv2d(sch: s_tir.Schedule, params) -> None:
