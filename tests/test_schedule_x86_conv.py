@@ -44,6 +44,13 @@ def parallel_loops(sch) -> int:
     return sch.mod["main"].script().count("T.parallel(")
 
 
+@pytest.fixture(autouse=True)
+def parallel_convs(monkeypatch):
+    """Every conv here with its parallel rows, small as they are (schedule_x86.serial_conv would run them
+    on one thread; tested in test_small_convs.py)."""
+    monkeypatch.setattr(schedule_x86, "SERIAL_CONV_WORDS", 0)
+
+
 @pytest.mark.parametrize("parts", [1, 2])
 @pytest.mark.parametrize("case", CASES, ids=[f"cin{c[0]}-cout{c[1]}-s{c[3]}-{c[5]}x{c[6]}-{c[7]}" for c in CASES])
 def test_channel_parts_are_exact(case, parts):

@@ -62,6 +62,8 @@ FEW_ROWS = 24
 SERIAL_PAD_WORDS = 8192
 # Output words per pixel from which the bits output stage unrolls its word loop (_schedule_conv_output).
 UNROLLED_WORDS = 3
+# Popcounted words below which a conv runs on one thread (serial_conv).
+SERIAL_CONV_WORDS = 65536
 
 
 def _param(params, name):
@@ -190,7 +192,9 @@ def schedule_binary_conv2d(sch: s_tir.Schedule, params) -> None:
     # each thread reads only its part's weights (Bi-Real-18's 512->512 7x7, 2 threads: 25.6 -> 24.5 us).
     sch.reorder(part, n, oh, owo, bo, r, taps, owi, bi, v)
     rows = sch.fuse(part, n, oh)
-    sch.parallel(rows)
+    serial = serial_conv(sch)
+    if not serial:
+        sch.parallel(rows)
     sch.unroll(owi)
     sch.unroll(bi)
     sch.vectorize(v)
@@ -202,7 +206,7 @@ def schedule_binary_conv2d(sch: s_tir.Schedule, params) -> None:
     sch.reverse_compute_at(conv, bo)
     if fused_epilogue:
         sch.reverse_compute_at(out, attach)
-    else:
+    elif not serial:
         _parallel_rows(sch, out)
     sch.decompose_reduction(counts, r)
     sch.vectorize(sch.get_loops(conv)[-1])
@@ -210,6 +214,23 @@ def schedule_binary_conv2d(sch: s_tir.Schedule, params) -> None:
             and _mode(sch) in ("int", "affine")):
         _channel_major_row(sch, conv)
     _schedule_conv_output(sch, out)
+
+
+def serial_conv(sch: s_tir.Schedule) -> bool:
+    """Whether the conv runs all its rows on one thread: below SERIAL_CONV_WORDS popcounted words
+    (output pixels x output channels x kh x kw x input words), where a parallel loop costs more than the
+    second thread gives back.
+
+    Each parallel task costs about 30-45 ns even on one thread (the region itself 0.01 us), about a fifth of
+    ResNet-20's 64->64 8x8 conv (8 row tasks, 36864 words). One core, AVX-512, interleaved medians, us,
+    parallel -> serial: 1 thread 64->64 8x8 1.75 -> 1.46, 32->64 s2 to 8x8 1.87 -> 1.57; 2 threads
+    64->64 8x8 1.64-1.71 -> 1.53-1.56, 32->64 s2 1.68-1.79 -> 1.65-1.67 (serial is faster there too).
+    From 73728 words the second thread wins: 2 threads 32->32 16x16 2.45-2.54 parallel, 2.85-2.89
+    serial; 16->32 s2 to 16x16 2.64-2.84 parallel, 2.94-2.98 serial; these stay parallel."""
+    words = 1
+    for iv in sch.get(sch.get_sblock("popcount")).iter_vars:
+        words *= int(iv.dom.extent)
+    return words < SERIAL_CONV_WORDS
 
 
 def _schedule_pad(sch: s_tir.Schedule, pad) -> None:
