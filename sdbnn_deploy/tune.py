@@ -85,10 +85,11 @@ def conv_primfunc(cin, cout, k, stride, pad, hw, mode, lanes: int, conv=kernels)
     blocked, correction = conv.prepare_conv_weights(words, cin, (hw, hw), (pad, pad), (stride, stride), lanes)
     shapes = [((1, hw, hw, words.shape[3]), "uint64"), (blocked.shape, str(blocked.dtype)),
               (correction.shape, "int32")]
-    shapes += {"int": [], "affine": [((cout,), "float32")] * 2, "bits": [((cout,), "int32")]}[mode]
+    compute = compute_mode(mode, conv)
+    shapes += {"affine": [((cout,), "float32")] * 2, "bits": [((cout,), "int32")]}.get(compute, [])
     tensors = [te.placeholder(s, d, f"a{i}") for i, (s, d) in enumerate(shapes)]
     out = conv.binary_conv2d(*tensors, in_channels=cin, out_channels=cout, strides=(stride, stride),
-                             pads=(pad, pad), mode=compute_mode(mode, conv))
+                             pads=(pad, pad), mode=compute)
     return te.create_prim_func(tensors + [out]).with_attr(OP_ATTR, "BinaryConv2d")
 
 

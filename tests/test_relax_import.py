@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 
 from onnx_graphs import custom_op_model, float_model
 from sdbnn_deploy.errors import UserError
-from sdbnn_deploy.tvm import OP_ATTR
+from sdbnn_deploy.tvm import OP_ATTR, kernels
 from sdbnn_deploy.tvm.relax_import import CUSTOM_OPS, _onnx_frontend, import_onnx, sdbnn_ops_registered
 
 
@@ -134,3 +134,15 @@ def _constants(func):
     tvm.relax.analysis.post_order_visit(func.body, lambda e: found.append(e)
                                         if isinstance(e, tvm.ir.GenericConst) else None)
     return found
+
+
+def test_bits_thresholds_are_folded_into_count_limits():
+    """With kernels (x86), conv1's thresholds are not emitted: its correction constant is
+    kernels.fold_thresholds' count limits (relax_import.compute_mode: "bits" as "bits_limits")."""
+    model = custom_op_model()
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    _, correction = kernels.prepare_conv_weights(init["w1"], 20, (9, 7), (1, 1), (1, 1), 8)
+    want = kernels.fold_thresholds(correction, init["thresholds"], 20 * 9)
+    constants = [c.value.numpy() for c in _constants(import_onnx(model, lanes=8)["main"])]
+    assert any(c.dtype == np.int32 and c.shape == want.shape and np.array_equal(c, want) for c in constants)
+    assert not any(c.shape == init["thresholds"].shape and np.array_equal(c, init["thresholds"]) for c in constants)

@@ -9,7 +9,7 @@ from sdbnn_deploy import tune
 from sdbnn_deploy.ops import binary_conv2d
 from sdbnn_deploy.targets import get_target
 from sdbnn_deploy.tvm import kernels, schedule_x86
-from test_tvm_kernels import HOST, RUNNABLE, conv_case, placeholders, run
+from test_tvm_kernels import HOST, RUNNABLE, conv_case, placeholders, run, x86_conv
 
 # (Cin, Cout, k, stride, pad, H, W, mode, N)
 CASES = [
@@ -28,11 +28,7 @@ def scheduled(case, parts: int, seed=0, target=HOST, **choice):
     x, wt, extra, attrs = conv_case(np.random.default_rng(seed), *case)
     params = {**get_target(target).params, "shapes": {}, "tile_pixels": 1, "tile_blocks": 1,
               "channel_parts": parts, **choice}
-    blocked, correction = kernels.prepare_conv_weights(wt, cin, (h, w), attrs["pads"], attrs["strides"],
-                                                       schedule_x86.conv_lanes(params))
-    arrays = [x, blocked, correction] + extra
-    tensors = placeholders(arrays, ["x", "weights", "correction", "e0", "e1"])
-    output = kernels.binary_conv2d(*tensors, out_channels=cout, mode=mode, **attrs)
+    arrays, tensors, output = x86_conv(x, wt, extra, mode, schedule_x86.conv_lanes(params), **attrs)
     sch = tvm.s_tir.Schedule(tvm.te.create_prim_func(list(tensors) + [output]))
     chosen = schedule_x86.conv_choice(sch, params)
     assert chosen["channel_parts"] == parts and all(chosen[name] == value for name, value in choice.items())
@@ -157,12 +153,14 @@ def test_an_unknown_per_shape_parameter_is_an_error():
         schedule_x86.conv_choice(sch, {"shapes": {key: {"tile_pixel": 4}}})
 
 
+@pytest.mark.parametrize("mode", ["bits", "bits_limits"])
 @pytest.mark.parametrize("target", [HOST, "x86-avx2", "x86-generic"])
-def test_bits_with_thresholds_beyond_every_output(target):
-    """The "conv" stage subtracts the clamped thresholds: int32's extremes and values just past +-taps
-    (taps = 64 * 9) give the reference's bits, with no overflow, in every lane of a 2 x 2 tile."""
+def test_bits_with_thresholds_beyond_every_output(target, mode):
+    """int32's extremes and values just past +-taps (taps = 64 * 9) give the reference's bits, with no
+    overflow, in every lane of a 2 x 2 tile: "bits" subtracts the clamped thresholds in the "conv" stage,
+    "bits_limits" compares the counts with kernels.fold_thresholds' limits (the importer's x86 form)."""
     case = (64, 70, 3, 1, 1, 6, 6, "bits", 1)
-    cin, cout, k, stride, pad, h, w, mode, n = case
+    cin, cout, k, stride, pad, h, w, _, n = case
     x, wt, _, attrs = conv_case(np.random.default_rng(3), *case)
     taps = cin * k * k
     extremes = np.array([np.iinfo(np.int32).min, np.iinfo(np.int32).max, -taps - 2, taps + 2, -taps, taps, 0])
@@ -170,11 +168,14 @@ def test_bits_with_thresholds_beyond_every_output(target):
     params = {**get_target(target).params, "shapes": {}, "tile_pixels": 2, "tile_blocks": 1}
     lanes = schedule_x86.conv_lanes(params)
     blocked, correction = kernels.prepare_conv_weights(wt, cin, (h, w), attrs["pads"], attrs["strides"], lanes)
-    arrays = [x, blocked, correction, thresholds]
+    extra = [thresholds]
+    if mode == "bits_limits":
+        correction, extra = kernels.fold_thresholds(correction, thresholds, taps), []
+    arrays = [x, blocked, correction, *extra]
     tensors = placeholders(arrays, ["x", "weights", "correction", "thresholds"])
     output = kernels.binary_conv2d(*tensors, out_channels=cout, mode=mode, **attrs)
     sch = tvm.s_tir.Schedule(tvm.te.create_prim_func(list(tensors) + [output]))
     schedule_x86.schedule_binary_conv2d(sch, params)
     lib = tvm.compile(sch.mod["main"], target=tvm.target.Target(get_target(target).tvm_target))
-    want = binary_conv2d.reference(x, wt, thresholds, mode=mode, **attrs)
+    want = binary_conv2d.reference(x, wt, thresholds, mode="bits", **attrs)
     np.testing.assert_array_equal(run(lib, arrays, want), want)

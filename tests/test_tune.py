@@ -15,7 +15,8 @@ from sdbnn_deploy.errors import UserError
 from sdbnn_deploy.ops import binary_conv2d
 from sdbnn_deploy.run import run_artifact
 from sdbnn_deploy.targets import get_target, host_target_name
-from sdbnn_deploy.tvm import kernels, schedule_x86
+from sdbnn_deploy.tvm import schedule_x86
+from test_tvm_kernels import x86_conv
 
 HOST = host_target_name()
 TINY = (64, 24, 3, 1, 1, 4, "bits")  # Cin, Cout, kernel, stride, pad, H=W, mode
@@ -29,10 +30,7 @@ def _exact_with(params: dict, target: str, shape, seed=0):
     w = pack_signs(rng.choice(np.array([-1, 1], np.int8), size=(cout, k, k, cin)))
     thresholds = rng.integers(-40, 40, cout).astype(np.int32)
     attrs = dict(in_channels=cin, strides=(s, s), pads=(p, p))
-    blocked, correction = kernels.prepare_conv_weights(w, cin, (hw, hw), (p, p), (s, s), schedule_x86.conv_lanes(params))
-    arrays = [x, blocked, correction, thresholds]
-    tensors = [tvm.te.placeholder(a.shape, str(a.dtype), f"a{i}") for i, a in enumerate(arrays)]
-    out = kernels.binary_conv2d(*tensors, out_channels=cout, mode=mode, **attrs)
+    arrays, tensors, out = x86_conv(x, w, [thresholds], mode, schedule_x86.conv_lanes(params), **attrs)
     sch = tvm.s_tir.Schedule(tvm.te.create_prim_func(tensors + [out]))
     schedule_x86.schedule_binary_conv2d(sch, params)
     lib = tvm.compile(sch.mod["main"], target=tvm.target.Target(get_target(target).tvm_target))

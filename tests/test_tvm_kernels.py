@@ -12,6 +12,7 @@ from sdbnn_deploy.bits import pack_signs, unpack_signs
 from sdbnn_deploy.ops import binarize_pack, binary_conv2d, packed_max_pool2d
 from sdbnn_deploy.targets import _cpu_flags, get_target, host_target_name
 from sdbnn_deploy.tvm import OP_ATTR, kernels, schedule_module, schedule_primfunc
+from sdbnn_deploy.tvm.relax_import import compute_mode
 
 HOST = host_target_name()
 HOST_FLAGS = _cpu_flags("/proc/cpuinfo")
@@ -80,15 +81,28 @@ def conv_case(rng, cin, cout, k, stride, pad, h, w, mode, n):
     return x, wt, extra, attrs
 
 
+def x86_conv(x, wt, extra, mode, lanes, in_channels, strides, pads):
+    """(arrays, placeholders, output) of a conv with the output of `mode`, for "bits" as the importer emits
+    it on x86 (relax_import.compute_mode): "bits_limits", the thresholds folded into the correction."""
+    h, w = x.shape[1:3]
+    blocked, correction = kernels.prepare_conv_weights(wt, in_channels, (h, w), pads, strides, lanes)
+    compute = "bits_limits" if compute_mode(mode) == "bits_limits" else mode
+    if compute == "bits_limits":
+        correction = kernels.fold_thresholds(correction, extra[0], in_channels * wt.shape[1] * wt.shape[2])
+        extra = []
+    arrays = [x, blocked, correction] + list(extra)
+    tensors = placeholders(arrays, ["x", "weights", "correction", "e0", "e1"])
+    output = kernels.binary_conv2d(*tensors, in_channels=in_channels, out_channels=wt.shape[0], strides=strides,
+                                   pads=pads, mode=compute)
+    return arrays, tensors, output
+
+
 def check_conv(case, target, seed=0):
     cin, cout, k, stride, pad, h, w, mode, n = case
     rng = np.random.default_rng(seed)
     x, wt, extra, attrs = conv_case(rng, *case)
     lanes = schedule_module(get_target(target).schedule).conv_lanes(get_target(target).params)
-    blocked, correction = kernels.prepare_conv_weights(wt, cin, (h, w), attrs["pads"], attrs["strides"], lanes)
-    arrays = [x, blocked, correction] + extra
-    tensors = placeholders(arrays, ["x", "weights", "correction", "e0", "e1"])
-    output = kernels.binary_conv2d(*tensors, out_channels=cout, mode=mode, **attrs)
+    arrays, tensors, output = x86_conv(x, wt, extra, mode, lanes, **attrs)
     lib = build("BinaryConv2d", output, tensors, target)
     want = binary_conv2d.reference(x, wt, *extra, mode=mode, **attrs)
     got = run(lib, arrays, want)
@@ -153,6 +167,22 @@ def test_correction_table_matches_zero_padding():
             rc = kernels.border_class(i, top_h, bottom_h)
             cc = kernels.border_class(j, top_w, bottom_w)
             np.testing.assert_array_equal(y[:, i, j], weight_sum - correction[rc, cc, :cout])
+
+
+def test_folded_limits_give_the_bits_of_every_count():
+    """count > limit exactly where y = taps - 2*count - correction < threshold, for every count of [0, taps],
+    corrections of [-taps, taps] and thresholds up to int32's extremes; padded channels get limits too."""
+    taps = 27
+    rng = np.random.default_rng(5)
+    correction = rng.integers(-taps, taps + 1, size=(3, 2, 16)).astype(np.int32)
+    thresholds = np.concatenate([[np.iinfo(np.int32).min, np.iinfo(np.int32).max, -taps - 1, taps + 1],
+                                 rng.integers(-taps - 3, taps + 4, size=9)]).astype(np.int32)
+    limits = kernels.fold_thresholds(correction, thresholds, taps)
+    assert limits.dtype == np.int32 and limits.shape == correction.shape
+    assert limits.min() >= -1 and limits.max() <= taps
+    counts = np.arange(taps + 1).reshape(-1, 1, 1, 1)
+    y = taps - 2 * counts - correction[None, ..., :len(thresholds)].astype(np.int64)
+    np.testing.assert_array_equal(counts > limits[None, ..., :len(thresholds)], y < thresholds)
 
 
 # ---------------------------------------------------------------- BinarizePack

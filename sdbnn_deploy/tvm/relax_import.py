@@ -90,15 +90,23 @@ def _convert_binary_conv2d(bb, inputs, attr, lanes: int, conv=kernels):
         raise UserError(f"node {name}: BinaryConv2d mode {mode!r} with {len(extra)} output-stage inputs")
     blocked, correction = conv.prepare_conv_weights(w, cin, (h, width), pads, strides, lanes)
     compute = compute_mode(mode, conv)
+    if compute == "bits_limits":  # the thresholds folded into the correction: one compare per output
+        correction = kernels.fold_thresholds(correction, _constant(extra[0], name, "thresholds"),
+                                             cin * w.shape[1] * w.shape[2])
+        extra = []
     y = _emit(bb, conv.binary_conv2d, "BinaryConv2d", x, relax.const(blocked), relax.const(correction),
               *extra, in_channels=cin, out_channels=int(w.shape[0]), strides=strides, pads=pads, mode=compute)
     return bb.emit(relax.op.permute_dims(y, [0, 3, 1, 2])) if compute == "int_nhwc" else y
 
 
 def compute_mode(mode: str, conv=kernels) -> str:
-    """The output mode of the compute emitted for a BinaryConv2d of ONNX `mode`: "int" as "int_nhwc"
-    (channels last, transposed after) with kernels' uint64-word compute, else the mode itself."""
-    return "int_nhwc" if mode == "int" and conv is kernels else mode
+    """The output mode of the compute emitted for a BinaryConv2d of ONNX `mode`. With kernels' uint64-word
+    compute, "int" as "int_nhwc" (channels last, transposed after) and "bits" as "bits_limits" (the
+    thresholds folded into the correction by kernels.fold_thresholds: no threshold per output in the
+    tile, the uint64 counts compared as int64, not narrowed); else the mode itself."""
+    if conv is not kernels:
+        return mode
+    return {"int": "int_nhwc", "bits": "bits_limits"}.get(mode, mode)
 
 
 def _convert_packed_max_pool2d(bb, inputs, attr):

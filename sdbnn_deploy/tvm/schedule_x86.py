@@ -36,11 +36,12 @@ The conv, as measured (tvm-notes.md, "What made a binary conv fast", and sdbnn_d
   channels in a "local" buffer (registers), the reduction loops (kh, then kw and the input words fused
   into one loop: both are contiguous in memory) outside the tile, one input word broadcast against V
   weight lanes, popcounts accumulated in uint64 lanes;
-- the narrowing to int32 and the padding correction ("conv") right after each tile, into a local
-  buffer; the output stage (int/affine NCHW, or bits) once per tile of pixels or per row, from that
-  buffer: without this the separate output pass over a global buffer cost up to 45% of the layer;
-  an NCHW output transposes the tile's channel vectors into rows of pixels, cheapest in the tile's
-  registers (row_layout "channels"); a bits output compares a word's 64 channels in vectors;
+- the narrowing to int32 and the padding correction ("conv"; for bits the compare with the folded
+  limits of kernels.fold_thresholds) right after each tile, into a local buffer; the output stage
+  (int/affine NCHW, or bits) once per tile of pixels or per row, from that buffer: without this the
+  separate output pass over a global buffer cost up to 45% of the layer; an NCHW output transposes the
+  tile's channel vectors into rows of pixels, cheapest in the tile's registers (row_layout "channels");
+  a bits output adds a word's 64 bits, put in place by the "conv" stage, in vectors;
 - the padded input copied on one thread where it is small (starting a parallel region costs more);
 - rows (batch x output rows) run in parallel, or rows x parts of the output channels where the rows are
   too few to share evenly between threads (Bi-Real-18's 7x7 outputs).
