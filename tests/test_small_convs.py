@@ -7,8 +7,8 @@ import tvm
 
 from sdbnn_deploy.ops import binary_conv2d
 from sdbnn_deploy.targets import get_target
-from sdbnn_deploy.tvm import kernels, schedule_x86
-from test_tvm_kernels import HOST, RUNNABLE, conv_case, placeholders, run
+from sdbnn_deploy.tvm import schedule_x86
+from test_tvm_kernels import HOST, RUNNABLE, conv_case, run, x86_conv
 
 # (Cin, Cout, k, stride, pad, H, W, mode, N), words = N x OH x OW x Cout (in whole blocks) x k x k x input words
 SMALL = [
@@ -22,14 +22,11 @@ LARGE = (32, 32, 3, 1, 1, 16, 16, "affine", 1)
 
 
 def unscheduled(case, lanes: int):
-    """(schedule of the unscheduled conv, its arrays, reference output) of one case."""
-    cin, cout, k, stride, pad, h, w, mode, n = case
+    """(schedule of the unscheduled conv as the importer emits it, its arrays, reference output)."""
+    mode = case[7]
     x, wt, extra, attrs = conv_case(np.random.default_rng(0), *case)
-    blocked, correction = kernels.prepare_conv_weights(wt, cin, (h, w), attrs["pads"], attrs["strides"], lanes)
-    arrays = [x, blocked, correction] + extra
-    tensors = placeholders(arrays, ["x", "weights", "correction", "e0", "e1"])
-    output = kernels.binary_conv2d(*tensors, out_channels=cout, mode=mode, **attrs)
-    sch = tvm.s_tir.Schedule(tvm.te.create_prim_func(tensors + [output]))
+    arrays, tensors, output = x86_conv(x, wt, extra, mode, lanes, **attrs)
+    sch = tvm.s_tir.Schedule(tvm.te.create_prim_func(list(tensors) + [output]))
     return sch, arrays, binary_conv2d.reference(x, wt, *extra, mode=mode, **attrs)
 
 

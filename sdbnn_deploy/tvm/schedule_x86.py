@@ -44,7 +44,8 @@ The conv, as measured (tvm-notes.md, "What made a binary conv fast", and sdbnn_d
   a bits output adds a word's 64 bits, put in place by the "conv" stage, in vectors;
 - the padded input copied on one thread where it is small (starting a parallel region costs more);
 - rows (batch x output rows) run in parallel, or rows x parts of the output channels where the rows are
-  too few to share evenly between threads (Bi-Real-18's 7x7 outputs).
+  too few to share evenly between threads (Bi-Real-18's 7x7 outputs); a conv too small to pay for a
+  parallel loop runs on one thread (serial_conv: ResNet-20's 8x8 layers).
 """
 import tvm
 from tvm import s_tir
@@ -199,11 +200,11 @@ def schedule_binary_conv2d(sch: s_tir.Schedule, params) -> None:
     sch.unroll(owi)
     sch.unroll(bi)
     sch.vectorize(v)
-    sch.set_scope(counts, 0, "local")
+    sch.set_scope(counts, 0, __import__("os").environ.get("SCOPE", "local"))
     attach = owo if choice["epilogue"] == "pixels" else rows
     fused_epilogue = _output_fits_at(sch, conv, out, bo, attach)
     if fused_epilogue:
-        sch.set_scope(conv, 0, "local")
+        sch.set_scope(conv, 0, __import__("os").environ.get("SCOPE", "local"))
     sch.reverse_compute_at(conv, bo)
     if fused_epilogue:
         sch.reverse_compute_at(out, attach)
