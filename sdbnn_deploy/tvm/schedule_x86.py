@@ -200,11 +200,11 @@ def schedule_binary_conv2d(sch: s_tir.Schedule, params) -> None:
     sch.unroll(owi)
     sch.unroll(bi)
     sch.vectorize(v)
-    sch.set_scope(counts, 0, __import__("os").environ.get("SCOPE", "local"))
+    sch.set_scope(counts, 0, "local")
     attach = owo if choice["epilogue"] == "pixels" else rows
     fused_epilogue = _output_fits_at(sch, conv, out, bo, attach)
     if fused_epilogue:
-        sch.set_scope(conv, 0, __import__("os").environ.get("SCOPE", "local"))
+        sch.set_scope(conv, 0, "local")
     sch.reverse_compute_at(conv, bo)
     if fused_epilogue:
         sch.reverse_compute_at(out, attach)
