@@ -10,6 +10,8 @@ per-shape parameters (SEARCH_SPACES) is scheduled, compiled for the target and t
                                                     target's `accumulators`
                         epilogue                    "pixels" or "row" (where the output stage runs)
                         row_layout                  with "row" and an int/affine output, also "channels"
+                        tile_scope                  "local", and "global" for tiles below
+                                                    schedule_x86.STACK_BYTES (tile_scope_candidates)
     arm (schedule_arm)  tile_pixels x tile_vectors  register tiles whose sides divide the output width and
                                                     a weight block's vectors (schedule_arm.tile_extents),
                                                     with a quarter to all of its ACCUMULATORS q registers
@@ -121,7 +123,10 @@ def candidates(sch, params: dict) -> list[dict]:
     places = [{"epilogue": e} for e in schedule_x86.EPILOGUES]
     if schedule_x86._mode(sch) in ("int", "affine"):  # NCHW outputs (int_nhwc is channels last already)
         places.append({"epilogue": "row", "row_layout": "channels"})
-    return [{"tile_pixels": tw, "tile_blocks": tb, **place} for tw, tb in tiles for place in places]
+    lanes = schedule_x86.conv_lanes(params)
+    return [{"tile_pixels": tw, "tile_blocks": tb, **place, **({"tile_scope": scope} if scope != "local" else {})}
+            for tw, tb in tiles for place in places
+            for scope in schedule_x86.tile_scope_candidates(tw, tb, lanes)]
 
 
 def arm_candidates(sch, params: dict) -> list[dict]:

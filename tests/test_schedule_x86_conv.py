@@ -179,3 +179,19 @@ def test_bits_with_thresholds_beyond_every_output(target, mode):
     lib = tvm.compile(sch.mod["main"], target=tvm.target.Target(get_target(target).tvm_target))
     want = binary_conv2d.reference(x, wt, thresholds, mode="bits", **attrs)
     np.testing.assert_array_equal(run(lib, arrays, want), want)
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], MANY_WORDS[1]], ids=["bits", "affine", "bits-s2"])
+def test_global_tile_scope_is_exact_and_off_the_workspace(case):
+    """tile_scope "global": a 1 x 2 tile (128 bytes) is no workspace allocation, and the results are exact."""
+    sch, arrays, want = scheduled(case, 1, tile_pixels=1, tile_blocks=2, tile_scope="global")
+    lib = tvm.compile(sch.mod["main"], target=tvm.target.Target(get_target(HOST).tvm_target))
+    np.testing.assert_array_equal(run(lib, arrays, want), want)
+    assert "popcount_local" not in lib.mod.inspect_source("ll")
+
+
+def test_tile_scope_candidates():
+    assert schedule_x86.tile_scope_candidates(2, 4, 8) == ("local", "global")
+    assert schedule_x86.tile_scope_candidates(4, 4, 8) == ("local",)  # 1024 bytes: from the workspace
+    with pytest.raises(ValueError, match="tile_scope"):
+        scheduled(CASES[0], 1, tile_scope="registers")

@@ -27,15 +27,22 @@ Params read here (defaults in DEFAULTS; sdbnn_deploy.tune measures and stores th
                   "pixels"-major as the tiles make them (the output stage reads each channel's pixels
                   one by one: a scalar load per output) or "channels"-major (each tile stores its
                   results transposed, in shuffles of the unrolled tile; the output stage reads vectors)
+    tile_scope    the storage scope of the register tile (the popcount accumulators): "local" (TVM
+                  takes a local buffer on the CPU from its workspace allocator, so LLVM stores and
+                  reloads the accumulators around every tile) or "global" (a buffer of the function,
+                  a stack array below TVM's 1024 bytes, which LLVM keeps in registers; larger ones come
+                  from the workspace too). One core, ResNet-18's bits convs 128->128 16x16 16.8 ->
+                  15.4 us, 64->128 s2 9.4 -> 8.9 us; its 64->64 32x32 took 21-29 us with "global"
+                  from run to run, 21 us with "local": a search parameter (tile_scope_candidates)
     shapes        per-layer-shape overrides {conv_key(...): {tile_pixels, tile_blocks, epilogue,
-                  channel_parts, row_layout}} (another name is an error): the winners of the search
+                  channel_parts, row_layout, tile_scope}} (another name is an error): the winners of the search
                   for the shapes it measured; other shapes use the values above
 
 The conv, as measured (tvm-notes.md, "What made a binary conv fast", and sdbnn_deploy.tune):
 - padded NHWC input words; a register tile of tile_pixels output pixels x tile_blocks blocks of V output
-  channels in a "local" buffer (registers), the reduction loops (kh, then kw and the input words fused
-  into one loop: both are contiguous in memory) outside the tile, one input word broadcast against V
-  weight lanes, popcounts accumulated in uint64 lanes;
+  channels in a buffer of scope tile_scope (registers where "global" and below STACK_BYTES), the
+  reduction loops (kh, then kw and the input words fused into one loop: both are contiguous in memory)
+  outside the tile, one input word broadcast against V weight lanes, popcounts accumulated in uint64 lanes;
 - the narrowing to int32 and the padding correction ("conv"; for bits the compare with the folded
   limits of kernels.fold_thresholds) right after each tile, into a local buffer; the output stage
   (int/affine NCHW, or bits) once per tile of pixels or per row, from that buffer: without this the
@@ -53,10 +60,13 @@ from tvm import s_tir
 from sdbnn_deploy.tvm import largest_divisor
 
 DEFAULTS = {"lanes": 8, "accumulators": 16, "tile_pixels": 0, "tile_blocks": 0, "epilogue": "auto",
-            "channel_parts": 0, "row_layout": "pixels", "shapes": {}}
+            "channel_parts": 0, "row_layout": "pixels", "tile_scope": "local", "shapes": {}}
 EPILOGUES = ("pixels", "row")
 ROW_LAYOUTS = ("pixels", "channels")
-SHAPE_PARAMS = ("tile_pixels", "tile_blocks", "epilogue", "channel_parts", "row_layout")
+TILE_SCOPES = ("local", "global")
+SHAPE_PARAMS = ("tile_pixels", "tile_blocks", "epilogue", "channel_parts", "row_layout", "tile_scope")
+# Bytes below which TVM allocates a "global" buffer on the CPU on the stack (runtime::kMaxStackAlloca).
+STACK_BYTES = 1024
 # Rows (batch x output rows) below which an odd count is split further by output channels: 2 threads
 # over 7 rows do 4 and 3 (at most 1.75x); over 27 rows, 14 and 13 (1.93x).
 FEW_ROWS = 24
@@ -139,9 +149,9 @@ def default_channel_parts(rows: int, tiles: int, halves_whole_words: bool = True
 
 
 def conv_choice(sch: s_tir.Schedule, params) -> dict:
-    """tile_pixels, tile_blocks, epilogue, channel_parts, row_layout for this conv: its entry in `shapes`, else the
-    global params, else the default rules; a tile that does not divide the extents falls back to the
-    rule, and so do channel parts that do not divide the tiles of blocks."""
+    """tile_pixels, tile_blocks, epilogue, channel_parts, row_layout, tile_scope for this conv: its entry in
+    `shapes`, else the global params, else the default rules; a tile that does not divide the extents
+    falls back to the rule, and so do channel parts that do not divide the tiles of blocks."""
     chosen = {name: _param(params, name) for name in SHAPE_PARAMS}
     entry = (_param(params, "shapes") or {}).get(conv_key(sch), {})
     unknown = sorted(set(entry) - set(SHAPE_PARAMS))
@@ -160,13 +170,21 @@ def conv_choice(sch: s_tir.Schedule, params) -> dict:
         raise ValueError(f"schedule_x86: epilogue must be one of {EPILOGUES}, not {chosen['epilogue']!r}")
     if chosen["row_layout"] not in ROW_LAYOUTS:
         raise ValueError(f"schedule_x86: row_layout must be one of {ROW_LAYOUTS}, not {chosen['row_layout']!r}")
+    if chosen["tile_scope"] not in TILE_SCOPES:
+        raise ValueError(f"schedule_x86: tile_scope must be one of {TILE_SCOPES}, not {chosen['tile_scope']!r}")
     parts = int(chosen["channel_parts"])
     if parts <= 0 or (blocks // tb) % parts:
         half = blocks // 2 * conv_lanes(params)
         whole_words = _mode(sch) != "bits" or half % 64 == 0
         parts = default_channel_parts(_extent(sch, n) * _extent(sch, oh), blocks // tb, whole_words)
     return {"tile_pixels": tw, "tile_blocks": tb, "epilogue": chosen["epilogue"], "channel_parts": parts,
-            "row_layout": chosen["row_layout"]}
+            "row_layout": chosen["row_layout"], "tile_scope": chosen["tile_scope"]}
+
+
+def tile_scope_candidates(tile_pixels: int, tile_blocks: int, lanes: int) -> tuple:
+    """The tile scopes worth measuring for a tile: "global" only where its uint64 accumulators fit
+    under STACK_BYTES (else it comes from the workspace like "local")."""
+    return TILE_SCOPES if tile_pixels * tile_blocks * lanes * 8 < STACK_BYTES else ("local",)
 
 
 def _parallel_rows(sch: s_tir.Schedule, block, count: int = 2):
@@ -200,7 +218,7 @@ def schedule_binary_conv2d(sch: s_tir.Schedule, params) -> None:
     sch.unroll(owi)
     sch.unroll(bi)
     sch.vectorize(v)
-    sch.set_scope(counts, 0, "local")
+    sch.set_scope(counts, 0, choice["tile_scope"])
     attach = owo if choice["epilogue"] == "pixels" else rows
     fused_epilogue = _output_fits_at(sch, conv, out, bo, attach)
     if fused_epilogue:
