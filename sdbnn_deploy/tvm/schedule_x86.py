@@ -241,8 +241,10 @@ def serial_conv(sch: s_tir.Schedule) -> bool:
     (output pixels x output channels x kh x kw x input words), where a parallel loop costs more than the
     second thread gives back.
 
-    Each parallel task costs about 30-45 ns even on one thread (the region itself 0.01 us), about a fifth of
-    ResNet-20's 64->64 8x8 conv (8 row tasks, 36864 words). One core, AVX-512, interleaved medians, us,
+    TVM allocates a parallel loop's buffers in its body: each row then allocates and frees the tile's
+    accumulators and the row's conv results (TVMBackendAllocWorkspace, above 1 KB), where a serial loop
+    does it once per call; about 30-45 ns per row on one thread (starting the region 0.01 us), a fifth
+    of ResNet-20's 64->64 8x8 conv (8 rows, 36864 words). One core, AVX-512, interleaved medians, us,
     parallel -> serial: 1 thread 64->64 8x8 1.75 -> 1.46, 32->64 s2 to 8x8 1.87 -> 1.57; 2 threads
     64->64 8x8 1.64-1.71 -> 1.53-1.56, 32->64 s2 1.68-1.79 -> 1.65-1.67 (serial is faster there too).
     From 73728 words the second thread wins: 2 threads 32->32 16x16 2.45-2.54 parallel, 2.85-2.89
