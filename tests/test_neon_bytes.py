@@ -93,6 +93,26 @@ def test_chunks_never_let_a_byte_lane_see_more_than_255_bits():
         kernels_arm.chunking(5, 5, 400)
 
 
+def test_uint16_lanes_never_see_more_than_65535_bits():
+    """A "widen" lane adds two byte lanes per quad and tap (uadalp): 3x3 allows up to 455 quads."""
+    assert kernels_arm.chunking(3, 3, 455)[0] == "quads"  # 9 * 455 * 16 = 65520
+    with pytest.raises(ValueError, match="overflows uint16"):
+        kernels_arm.chunking(3, 3, 456)
+
+
+@pytest.mark.parametrize("case, outputs", [((1, 512, 5, 6, 12, 3, 1, 1, "affine"), 8),  # "row", 2 x 4 tile
+                                           ((1, 1400, 3, 3, 6, 3, 1, 1, "int"), 4)])  # "quads", 1 x 4 tile
+def test_widen_is_one_uadalp_and_one_uaddlv_per_output(tmp_path, case, outputs):
+    """Several chunks: each chunk's bytes go into the tile's uint16 lanes with one `uadalp` per output
+    (kernels_arm._byte_pair), and each output's count is one `uaddlv`; nothing widens a lane at a time."""
+    mod, _, _ = _conv_module([case])
+    functions = asm_count.disassemble(_export(mod, tmp_path / "conv.so"))
+    (conv,) = [code for code in functions.values() if any(ins.is_byte_cnt for ins in code)]
+    mnemonics = [ins.mnemonic for ins in conv]
+    assert mnemonics.count("uadalp") == outputs and mnemonics.count("uaddlv") == outputs
+    assert not {"uaddw", "uaddw2", "uaddlp", "umov", "ins"} & set(mnemonics)
+
+
 def test_byte_lane_conv_under_qemu_equals_reference(tmp_path):
     mod, inputs, wants = _conv_module(CONV_CASES)
     library = _export(mod, tmp_path / "convs.so")

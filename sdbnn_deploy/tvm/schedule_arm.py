@@ -24,8 +24,8 @@ With byte_lanes (kernels_arm, the default): one q register holds 16 bytes of ONE
 words; V = tile_vectors output channels per weight block. Per tile of pixels x V channels the uint8
 partial sums stay in registers while a chunk of the reduction (at most 31 quads) runs: per 16 bytes
 `eor`, `cnt .16b`, `add .16b` plus the loads (ldp of two q), so the hot loop does about 3.4-3.5
-instructions per 128 bit-MACs (sdbnn_deploy.asm_count). After each chunk the bytes are widened into
-uint16 lanes, at the end one `uaddlv` per 16 lanes adds them into the output's count. With one chunk
+instructions per 128 bit-MACs (sdbnn_deploy.asm_count). After each chunk one `uadalp` adds the bytes in
+pairs into 8 uint16 lanes, at the end one `uaddlv` adds the lanes into the output's count. With one chunk
 (Cin <= 128 at 3x3) the tile loop is the innermost loop with `cnt` and holds the tile's end too: about
 3.7 instructions per 128 bit-MACs. Tried and dropped (rpi4, 2026-11): 4 x 4 tiles for Cin <= 256 and
 7 x 2 tiles on rows of 7 lower that figure (3.31 and 3.55-3.62) only by leaving the tile's end outside the
@@ -117,7 +117,8 @@ def _has_block(sch: s_tir.Schedule, name: str) -> bool:
 def _schedule_byte_lanes(sch: s_tir.Schedule, params) -> None:
     """kernels_arm's compute: a register tile of output pixels x V output channels (one 16-byte
     accumulator each; a divisor of V when the shape's tile_vectors asks for fewer) per parallel row. Per
-    tile: uint16 sums ("widen", local; only with several chunks) over the chunks; per chunk the uint8 sums
+    tile: uint16 sums ("widen", local; only with several chunks; its 8 lanes unrolled, see _tile_inside)
+    over the chunks; per chunk the uint8 sums
     ("popcount_bytes", local) with the chunk's reduction loops outside the unrolled tile and the 16 bytes
     vectorised (the hot loop: eor, cnt .16b, add .16b); then the lane sums (one uaddlv each, unrolled: the
     intrinsic takes a whole register, so its loop cannot be vectorised), conv and output."""
@@ -149,7 +150,7 @@ def _schedule_byte_lanes(sch: s_tir.Schedule, params) -> None:
         sch.compute_at(widen, tile_at)
         sch.set_scope(widen, 0, "local")
         chunks = _reductions(sch, widen)
-        loops = _named_loops(sch, widen, {**tile, "byte": kernels_arm.QUAD_BYTES, **chunks})
+        loops = _named_loops(sch, widen, {**tile, "lane": kernels_arm.HALF_QUAD_LANES, **chunks})
         chunk_loops = _tile_inside(sch, loops, list(chunks))
         sch.decompose_reduction(widen, chunk_loops[0])
         chunk_loop = chunk_loops[-1]
@@ -193,14 +194,17 @@ def _named_loops(sch: s_tir.Schedule, block, extents: dict) -> dict:
 
 
 def _tile_inside(sch: s_tir.Schedule, loops: dict, outer: list) -> list:
-    """Move the `outer` loops (reductions) outside the tile loops, unroll the tile, vectorise the bytes;
-    returns the outer loops that exist (those of extent 1 have none)."""
+    """Move the `outer` loops (reductions) outside the tile loops, unroll the tile, vectorise the bytes
+    ("popcount_bytes") or unroll the uint16 lanes ("widen": each lane extracts one lane of the same
+    `uaddlp`, which LLVM computes once and adds into the lanes as one `uadalp`); returns the outer loops
+    that exist (those of extent 1 have none)."""
     outer_loops = [loops[name] for name in outer if name in loops]
     sch.reorder(*outer_loops, *[loop for name, loop in loops.items() if name not in outer])
-    for name in ("owi", "v"):
+    for name in ("owi", "v", "lane"):
         if name in loops:
             sch.unroll(loops[name])
-    sch.vectorize(loops["byte"])
+    if "byte" in loops:
+        sch.vectorize(loops["byte"])
     return outer_loops
 
 
