@@ -121,7 +121,7 @@ def candidates(sch, params: dict) -> list[dict]:
     tiles = tiles or [schedule_x86.default_tile(width, blocks, most)]
     # Where the output stage runs, and with "row" and an NCHW output, the layout of the row's results.
     places = [{"epilogue": e} for e in schedule_x86.EPILOGUES]
-    if schedule_x86._mode(sch) in ("int", "affine"):  # NCHW outputs (int_nhwc is channels last already)
+    if schedule_x86._mode(sch) in schedule_x86.NCHW_MODES:  # (int_nhwc is channels last already)
         places.append({"epilogue": "row", "row_layout": "channels"})
     lanes = schedule_x86.conv_lanes(params)
     return [{"tile_pixels": tw, "tile_blocks": tb, **place, **({"tile_scope": scope} if scope != "local" else {})}

@@ -128,8 +128,19 @@ def test_channel_major_rows_are_exact(case, target):
     *conv, tw, tb = case
     sch, arrays, want = scheduled(tuple(conv), 1, target=target, tile_pixels=tw, tile_blocks=tb,
                                   epilogue="row", row_layout="channels")
+    write = sch.get(sch.get_sblock("conv")).writes[0]
+    assert [str(r.min) for r in write.region[-3:]] == ["v_b", "v_v", "v_xx"], "the rows are not channel-major"
     lib = tvm.compile(sch.mod["main"], target=tvm.target.Target(get_target(target).tvm_target))
     np.testing.assert_array_equal(run(lib, arrays, want), want)
+
+
+@pytest.mark.parametrize("mode, epilogue", [("bits", "row"), ("int_nhwc", "row"), ("affine", "pixels")])
+def test_channel_major_rows_where_they_cannot_apply_are_an_error(mode, epilogue):
+    """A shape's entry with row_layout "channels" but another epilogue or a non-NCHW output."""
+    sch = tvm.s_tir.Schedule(tune.conv_primfunc(64, 64, 3, 1, 1, 8, "int" if mode == "int_nhwc" else mode, lanes=8))
+    entry = {"tile_pixels": 4, "tile_blocks": 2, "epilogue": epilogue, "row_layout": "channels"}
+    with pytest.raises(ValueError, match="row_layout 'channels' needs"):
+        schedule_x86.conv_choice(sch, {"shapes": {schedule_x86.conv_key(sch): entry}})
 
 
 def test_unknown_row_layout_is_an_error():

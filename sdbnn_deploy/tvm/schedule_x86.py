@@ -26,7 +26,10 @@ Params read here (defaults in DEFAULTS; sdbnn_deploy.tune measures and stores th
     row_layout    with epilogue "row" and an NCHW output (int, affine): the row of conv results kept
                   "pixels"-major as the tiles make them (the output stage reads each channel's pixels
                   one by one: a scalar load per output) or "channels"-major (each tile stores its
-                  results transposed, in shuffles of the unrolled tile; the output stage reads vectors)
+                  results transposed, in shuffles of the unrolled tile; the output stage reads vectors).
+                  "channels" in a shape's entry that has another epilogue or output is an error; as a
+                  global param it applies to the shapes where it can (and not where the output stage
+                  is a separate pass, see _output_fits_at)
     tile_scope    the storage scope of the register tile (the popcount accumulators): "local" (TVM
                   takes a local buffer on the CPU from its workspace allocator, so LLVM stores and
                   reloads the accumulators around every tile) or "global" (a buffer of the function,
@@ -63,6 +66,7 @@ DEFAULTS = {"lanes": 8, "accumulators": 16, "tile_pixels": 0, "tile_blocks": 0, 
             "channel_parts": 0, "row_layout": "pixels", "tile_scope": "local", "shapes": {}}
 EPILOGUES = ("pixels", "row")
 ROW_LAYOUTS = ("pixels", "channels")
+NCHW_MODES = ("int", "affine")  # the output modes whose rows row_layout "channels" lays out
 TILE_SCOPES = ("local", "global")
 SHAPE_PARAMS = ("tile_pixels", "tile_blocks", "epilogue", "channel_parts", "row_layout", "tile_scope")
 # Bytes below which TVM allocates a "global" buffer on the CPU on the stack (runtime::kMaxStackAlloca).
@@ -172,6 +176,9 @@ def conv_choice(sch: s_tir.Schedule, params) -> dict:
         raise ValueError(f"schedule_x86: row_layout must be one of {ROW_LAYOUTS}, not {chosen['row_layout']!r}")
     if chosen["tile_scope"] not in TILE_SCOPES:
         raise ValueError(f"schedule_x86: tile_scope must be one of {TILE_SCOPES}, not {chosen['tile_scope']!r}")
+    if entry.get("row_layout") == "channels" and (chosen["epilogue"] != "row" or _mode(sch) not in NCHW_MODES):
+        raise ValueError(f"schedule_x86: shapes.{conv_key(sch)}: row_layout 'channels' needs epilogue 'row' and "
+                         f"an NCHW output {NCHW_MODES}, not {chosen['epilogue']!r} and {_mode(sch)!r}")
     parts = int(chosen["channel_parts"])
     if parts <= 0 or (blocks // tb) % parts:
         half = blocks // 2 * conv_lanes(params)
@@ -231,7 +238,7 @@ def schedule_binary_conv2d(sch: s_tir.Schedule, params) -> None:
     sch.decompose_reduction(counts, r)
     sch.vectorize(sch.get_loops(conv)[-1])
     if (fused_epilogue and choice["epilogue"] == "row" and choice["row_layout"] == "channels"
-            and _mode(sch) in ("int", "affine")):
+            and _mode(sch) in NCHW_MODES):
         _channel_major_row(sch, conv)
     _schedule_conv_output(sch, out)
 
