@@ -9,6 +9,7 @@ them): where they are missing the tests fail with the name of the Debian package
 import numpy as np
 import pytest
 import tvm
+import tvm_ffi
 from tvm import relax
 
 from conftest import conv_case
@@ -100,6 +101,37 @@ def test_uint16_lanes_never_see_more_than_65535_bits():
         kernels_arm.chunking(3, 3, 456)
 
 
+def test_a_tile_of_fewer_channels_keeps_whole_blocks_where_a_tree_sums_them():
+    """A shape's tile_vectors below V would make each tile recompute its block's popcounts for the pixel
+    tree (kernels_arm._pixel_tree): the schedule keeps whole blocks there, and only there."""
+    for cin, tree in ((64, True), (256, False)):
+        mod, _, _ = _conv_module([(1, cin, 8, 8, 8, 3, 1, 1, "int")])
+        (gvar,) = [gv for gv, func in mod.functions.items() if isinstance(func, tvm.tirx.PrimFunc)]
+        key = schedule_arm.conv_key(tvm.s_tir.Schedule(mod[gvar]))
+        fewer = {**RPI4.params, "shapes": {key: {"tile_vectors": 2}}}
+        schedules = [apply_schedules(mod, RPI4.schedule, params)[gvar] for params in (RPI4.params, fewer)]
+        assert tvm_ffi.structural_equal(*schedules) == tree, cin
+
+
+def test_lane_sums_exact_when_every_bit_differs(tmp_path, monkeypatch):
+    """Inputs all +1 against weights all -1: every byte lane holds its largest sum. 1x1 over 15 quads is
+    the largest reduction whose counts come from kernels_arm._pixel_tree (a doubled byte lane: 2 * 15 * 8 =
+    240), 16 quads sums with uaddlv, 3x3 over one quad is the trees of Cin <= 128."""
+    import test_neon_bytes
+    from sdbnn_deploy.bits import pack_signs
+
+    def opposite_signs(seed, n, cin, h, w, cout, k, stride, pad, mode):
+        return pack_signs(np.ones((n, h, w, cin), np.int8)), pack_signs(-np.ones((cout, k, k, cin), np.int8)), []
+
+    monkeypatch.setattr(test_neon_bytes, "conv_case", opposite_signs)
+    cases = [(1, 1920, 2, 3, 8, 1, 1, 0, "int"), (1, 2048, 2, 3, 8, 1, 1, 0, "int"), (1, 128, 4, 4, 8, 3, 1, 1, "int")]
+    assert [kernels_arm.chunking(k, k, cin // 128)[0] for _, cin, _, _, _, k, *_ in cases] == ["all"] * 3
+    mod, inputs, wants = _conv_module(cases)
+    for case, got, want in zip(cases, aarch64.run_library(_export(mod, tmp_path / "convs.so"), inputs), wants):
+        np.testing.assert_array_equal(got, want, err_msg=str(case))
+    assert wants[0].min() == -1920  # no padding: every output counts every pair as different
+
+
 @pytest.mark.parametrize("case, outputs", [((1, 512, 5, 6, 12, 3, 1, 1, "affine"), 8),  # "row", 2 x 4 tile
                                            ((1, 1400, 3, 3, 6, 3, 1, 1, "int"), 4)])  # "quads", 1 x 4 tile
 def test_widen_is_one_uadalp_and_one_uaddlv_per_output(tmp_path, case, outputs):
@@ -134,10 +166,10 @@ def test_rpi4_conv_hot_loop_instructions_per_128_bit_macs(tmp_path, cin, bound):
               f"{loop.byte_cnts} cnt .16b: {loop.per_128_bit_macs:.3f} instructions per 128 bit-MACs")
         assert loop.per_128_bit_macs <= bound
         assert loop.mnemonics.get("eor", 0) == loop.byte_cnts  # one eor per cnt .16b
-        # widening once per output and chunk (Cin 512: a kernel row of 4 quads, its 3 taps unrolled), never
-        # per 16 bytes
-        assert loop.mnemonics.get("uadalp", 0) * 3 * max(cin // 128, 1) <= loop.byte_cnts
-        assert not any(m.startswith(("uaddlp", "uaddw")) for m in loop.mnemonics)
+        # widening never per 16 bytes: one uadalp per output and chunk (Cin 512: a kernel row, 3 taps of 4
+        # quads), 3 uaddlp in a pixel's tree of 4 outputs (Cin <= 128: 9 taps of one quad)
+        assert (loop.mnemonics.get("uadalp", 0) + loop.mnemonics.get("uaddlp", 0)) * 12 <= loop.byte_cnts
+        assert not any(m.startswith("uaddw") for m in loop.mnemonics)
         if cin == 512:  # the loop over chunks (kernel rows): 2 x 4 outputs x 3 taps x 4 quads, taps unrolled
             assert loop.byte_cnts == 96
 
@@ -175,7 +207,9 @@ def test_resnet20_for_rpi4_under_qemu_equals_onnxruntime(tmp_path):
         print(f"resnet20 rpi4 {loop.function}: {loop.per_128_bit_macs:.2f} instructions per 128 bit-MACs")
         assert loop.mnemonics.get("eor", 0) == loop.byte_cnts
         assert loop.per_128_bit_macs <= MAX_INSTRUCTIONS_PER_128_ONE_QUAD
-        assert loop.mnemonics.get("uaddlv", 0) * 9 == loop.byte_cnts  # 3x3 taps: one lane sum per output
+        # 3x3 taps: a pixel's 4 counts from one tree (kernels_arm._pixel_tree): 3 uaddlp, 3 addp, no uaddlv
+        assert loop.mnemonics.get("uaddlp", 0) * 12 == loop.byte_cnts == loop.mnemonics.get("addp", 0) * 12
+        assert "uaddlv" not in loop.mnemonics
         assert not any(m.startswith(("uxtl", "uaddw")) or m == "uaddl" for m in loop.mnemonics)
 
 

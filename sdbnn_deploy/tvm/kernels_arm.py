@@ -21,7 +21,9 @@ popcount is accumulated, so that LLVM emits `eor`, `cnt .16b` and `add .16b` and
   across-lanes add, of 16 uint8 lanes ("popcount_bytes" where there is one chunk) or 8 uint16 lanes
   ("widen"). It is called as the LLVM intrinsic: written as TE sums of halves, LLVM made a chain of
   halvings, lane moves and widenings of about 12 instructions per output, which for a one-quad tap
-  (Cin <= 128, 9 popcounts per output at 3x3) cost more than the popcounts' adds.
+  (Cin <= 128, 9 popcounts per output at 3x3) cost more than the popcounts' adds. Where there is one chunk
+  of at most 15 quads (Cin <= 128 at 3x3) and V = 4, the 4 channels of a pixel are summed together by a
+  pairwise tree instead (_pixel_tree), which leaves their counts in one register.
 
 How the reduction (kh, kw, quads) is cut into chunks (`chunking`, the first that fits):
   "all":   kh*kw*quads <= 31: one chunk, nothing is widened before the end;
@@ -39,7 +41,8 @@ from sdbnn_deploy.tvm.kernels import prepare_conv_weights as prepare_word_weight
 QUAD_BYTES = 16  # one 128-bit NEON register
 WORDS_PER_QUAD = 2
 MAX_QUADS_PER_CHUNK = 31  # 31 quads * at most 8 set bits per byte lane = 248 <= 255
-HALF_QUAD_LANES = 8  # uint16 lanes in one 128-bit register: "widen" sums its 16 lanes as two halves
+HALF_QUAD_LANES = 8  # uint16 lanes in one 128-bit register: "widen" adds its 16 bytes in pairs into them
+TREE_LANES = 4  # output channels per weight block that _pixel_tree sums together
 
 
 def chunking(kh: int, kw: int, quads: int):
@@ -83,8 +86,7 @@ def _u8(value):
 def _across_lanes(lanes: te.Tensor, idx: tuple, start: int, count: int):
     """int32 sum of lanes[idx + (start .. start+count-1,)] (uint8 or uint16): one NEON `uaddlv`."""
     bits = {"uint8": 8, "uint16": 16}[str(lanes.dtype)]
-    return tirx.call_llvm_pure_intrin("int32", f"llvm.aarch64.neon.uaddlv.i32.v{count}i{bits}",
-                                      lanes[idx + (tirx.Ramp(start, 1, count),)])
+    return _intrin("int32", f"uaddlv.i32.v{count}i{bits}", lanes[idx + (tirx.Ramp(start, 1, count),)])
 
 
 def _byte_pair(part: te.Tensor, idx: tuple, lane):
@@ -93,9 +95,27 @@ def _byte_pair(part: te.Tensor, idx: tuple, lane):
     LLVM computes once; summed into uint16 lanes it becomes one `uadalp`. Written as a sum of two strided
     byte loads, LLVM moved each byte through a general register (6.1 instead of 4.1 instructions per
     `cnt .16b` for a Cin 512 conv)."""
-    pairs = tirx.call_llvm_pure_intrin("uint16x8", "llvm.aarch64.neon.uaddlp.v8i16.v16i8",
-                                       part[idx + (tirx.Ramp(0, 1, QUAD_BYTES),)])
+    pairs = _intrin("uint16x8", "uaddlp.v8i16.v16i8", part[idx + (tirx.Ramp(0, 1, QUAD_BYTES),)])
     return tirx.Shuffle([pairs], [lane])
+
+
+def _pixel_tree(part: te.Tensor, idx: tuple, v):
+    """int32 sum of the 16 byte lanes of part[idx + (v,)], one of the TREE_LANES channels of a weight
+    block at one pixel, taken from a pairwise tree over all of them: `addp .16b` of channels 0,1 and 2,3
+    (the caller makes sure a doubled byte cannot wrap), `uaddlp .8h` of each, `addp .8h` of the two, then
+    `uaddlp .4s` leaves the 4 counts in one register: 6 instructions, where one `uaddlv` per channel and
+    3 lane inserts to make the conv stage's vector took 7. The channels extract lanes of the same pure
+    calls, which LLVM computes once."""
+    a, b, c, d = (part[idx + (k, tirx.Ramp(0, 1, QUAD_BYTES))] for k in range(TREE_LANES))
+    low = _intrin("uint16x8", "uaddlp.v8i16.v16i8", _intrin("uint8x16", "addp.v16i8", a, b))
+    high = _intrin("uint16x8", "uaddlp.v8i16.v16i8", _intrin("uint8x16", "addp.v16i8", c, d))
+    pairs = _intrin("uint16x8", "addp.v8i16", low, high)  # lanes 2v, 2v+1: halves of channel v's count
+    return tirx.Shuffle([_intrin("int32x4", "uaddlp.v4i32.v8i16", pairs)], [v])
+
+
+def _intrin(dtype: str, name: str, *args):
+    """A pure call of the NEON intrinsic llvm.aarch64.neon.<name>."""
+    return tirx.call_llvm_pure_intrin(dtype, f"llvm.aarch64.neon.{name}", *args)
 
 
 def binary_conv2d(x: te.Tensor, weights: te.Tensor, correction: te.Tensor, *extra: te.Tensor,
@@ -126,7 +146,10 @@ def binary_conv2d(x: te.Tensor, weights: te.Tensor, correction: te.Tensor, *extr
         r, s, q = (te.reduce_axis((0, e), name=nm) for nm, e in (("r", kh), ("s", kw), ("q", quads)))
         part = te.compute(spatial + (QUAD_BYTES,), lambda i, y, xx, b, v, byte: te.sum(
             popcount(i, y, xx, b, v, byte, r, s, q), axis=[r, s, q]), name="popcount_bytes")
-        counts = te.compute(spatial, lambda *idx: _across_lanes(part, idx, 0, QUAD_BYTES), name="popcount")
+        if lanes == TREE_LANES and kh * kw * quads * 16 <= 0xFF:  # a byte lane's sum doubled fits a byte
+            counts = te.compute(spatial, lambda i, y, xx, b, v: _pixel_tree(part, (i, y, xx, b), v), name="popcount")
+        else:
+            counts = te.compute(spatial, lambda *idx: _across_lanes(part, idx, 0, QUAD_BYTES), name="popcount")
     elif name == "row":
         s, q = te.reduce_axis((0, kw), name="s"), te.reduce_axis((0, quads), name="q")
         part = te.compute(spatial + (kh, QUAD_BYTES), lambda i, y, xx, b, v, r, byte: te.sum(

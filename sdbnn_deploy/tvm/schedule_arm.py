@@ -25,9 +25,10 @@ words; V = tile_vectors output channels per weight block. Per tile of pixels x V
 partial sums stay in registers while a chunk of the reduction (at most 31 quads) runs: per 16 bytes
 `eor`, `cnt .16b`, `add .16b` plus the loads (ldp of two q), so the hot loop does about 3.4-3.5
 instructions per 128 bit-MACs (sdbnn_deploy.asm_count). After each chunk one `uadalp` adds the bytes in
-pairs into 8 uint16 lanes, at the end one `uaddlv` adds the lanes into the output's count. With one chunk
-(Cin <= 128 at 3x3) the tile loop is the innermost loop with `cnt` and holds the tile's end too: about
-3.7 instructions per 128 bit-MACs. Tried and dropped (rpi4, 2026-11): 4 x 4 tiles for Cin <= 256 and
+pairs into 8 uint16 lanes, at the end one `uaddlv` adds the lanes into the output's count (with one small
+chunk, a pixel's 4 counts come from one pairwise tree: kernels_arm._pixel_tree). With one chunk (Cin <= 128
+at 3x3) the tile loop is the innermost loop with `cnt` and holds the tile's end too: about 3.64-3.72
+instructions per 128 bit-MACs. Tried and dropped (rpi4, 2026-11): 4 x 4 tiles for Cin <= 256 and
 7 x 2 tiles on rows of 7 lower that figure (3.31 and 3.55-3.62) only by leaving the tile's end outside the
 counted loop (scalar, about 5 instructions per output); counted under qemu (QEMU_LOG=in_asm,exec,nochain,
 executed blocks x their sizes) the whole conv does more per `cnt .16b`: 4.57 -> 4.88 (Cin 64, stride 1),
@@ -116,13 +117,14 @@ def _has_block(sch: s_tir.Schedule, name: str) -> bool:
 
 def _schedule_byte_lanes(sch: s_tir.Schedule, params) -> None:
     """kernels_arm's compute: a register tile of output pixels x V output channels (one 16-byte
-    accumulator each; a divisor of V when the shape's tile_vectors asks for fewer) per parallel row. Per
-    tile: uint16 sums ("widen", local; only with several chunks; its 8 lanes unrolled, see _tile_inside)
-    over the chunks; per chunk the uint8 sums ("popcount_bytes", local) with the chunk's reduction loops
-    outside the unrolled tile and the 16 bytes vectorised (the hot loop: eor, cnt .16b, add .16b), the taps of a kernel row unrolled (LLVM kept a
-    loop over them in a chunk of one row: Cin 512, 2 x 4 tile, whole conv under qemu 4.08 -> 3.73
-    instructions per `cnt .16b`; elsewhere unchanged); then the lane sums (one uaddlv each, unrolled: the
-    intrinsic takes a whole register, so its loop cannot be vectorised), conv and output."""
+    accumulator each; a divisor of V when the shape's tile_vectors asks for fewer, unless the lane sums
+    read a whole block: _sums_whole_blocks) per parallel row. Per tile: uint16 sums ("widen", local; only
+    with several chunks; its 8 lanes unrolled, see _tile_inside) over the chunks; per chunk the uint8 sums
+    ("popcount_bytes", local) with the chunk's reduction loops outside the unrolled tile and the 16 bytes
+    vectorised (the hot loop: eor, cnt .16b, add .16b), the taps of a kernel row unrolled (LLVM kept a loop
+    over them in a chunk of one row: Cin 512, 2 x 4 tile, whole conv under qemu 4.08 -> 3.73 instructions
+    per `cnt .16b`; elsewhere unchanged); then the lane sums (unrolled: the intrinsics take whole
+    registers, so their loop cannot be vectorised), conv and output."""
     choice = conv_choice(sch, params)
     pad, part, counts, conv, out = (sch.get_sblock(name) for name in ("pad", "popcount_bytes", "popcount", "conv",
                                                                       "output"))
@@ -131,7 +133,8 @@ def _schedule_byte_lanes(sch: s_tir.Schedule, params) -> None:
 
     n, oh, ow, b, v = sch.get_loops(conv)
     tw = largest_divisor(_extent(sch, ow), choice["tile_pixels"])
-    tv = largest_divisor(_extent(sch, v), choice["tile_vectors"])
+    tv = _extent(sch, v) if _sums_whole_blocks(sch, counts) else largest_divisor(_extent(sch, v),
+                                                                                 choice["tile_vectors"])
     owo, owi = sch.split(ow, [None, tw])
     if tv < _extent(sch, v):  # a tile of fewer channels than a weight block holds: blocks cut in parts
         tile_at, v = sch.split(v, [None, tv])
@@ -167,6 +170,13 @@ def _schedule_byte_lanes(sch: s_tir.Schedule, params) -> None:
 
     _parallel_rows(sch, out)
     _vectorize_planes(sch, out)
+
+
+def _sums_whole_blocks(sch: s_tir.Schedule, counts) -> bool:
+    """Whether each output's lane sum reads every channel of its weight block (kernels_arm._pixel_tree):
+    then a tile of fewer channels would recompute the block's popcounts, so the tile takes them all."""
+    return any(read.source.name == "popcount_bytes" and int(read.region[4].extent) > 1  # part's lanes axis
+               for read in sch.get(counts).reads)
 
 
 def _vectorize_planes(sch: s_tir.Schedule, out) -> None:
