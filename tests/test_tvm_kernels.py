@@ -185,6 +185,16 @@ def test_folded_limits_give_the_bits_of_every_count():
     np.testing.assert_array_equal(counts > limits[None, ..., :len(thresholds)], y < thresholds)
 
 
+def test_bits_limits_needs_lanes_that_divide_a_word():
+    """Each block's bits are put in place as (block % (64 / lanes)) * lanes + lane."""
+    x = te.placeholder((1, 4, 4, 1), "uint64", "x")
+    weights = te.placeholder((3, 3, 3, 1, 3), "uint64", "weights")
+    limits = te.placeholder((3, 3, 9), "int32", "limits")
+    with pytest.raises(ValueError, match="lanes that divide 64"):
+        kernels.binary_conv2d(x, weights, limits, in_channels=64, out_channels=9, strides=(1, 1), pads=(1, 1),
+                              mode="bits_limits")
+
+
 # ---------------------------------------------------------------- BinarizePack
 @pytest.mark.parametrize("channels,h,w,per_sample", [(3, 5, 7, False), (64, 3, 3, True), (130, 3, 5, False),
                                                      (17, 1, 9, True)])

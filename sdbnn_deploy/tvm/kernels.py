@@ -189,6 +189,8 @@ def conv_output_stage(counts: te.Tensor, correction: te.Tensor, *extra: te.Tenso
     _, top_h, bot_h = border_bounds(h, kh, sh, ph)
     _, top_w, bot_w = border_bounds(w, kw, sw, pw)
     taps = in_channels * kh * kw
+    if mode == "bits_limits" and WORD_BITS % lanes:
+        raise ValueError(f"BinaryConv2d mode 'bits_limits' needs lanes that divide {WORD_BITS}, not {lanes}")
 
     def conv(i, y, xx, b, v):
         corr = correction[border_class(y, top_h, bot_h, tirx.min, tirx.max),
