@@ -21,7 +21,8 @@ from sdbnn_deploy.tvm import OP_ATTR, apply_schedules, conv_kernels, kernels_arm
 RPI4 = get_target("rpi4")
 MAX_INSTRUCTIONS_PER_128 = 3.5
 # Cin <= 128 at 3x3: one quad per tap, so the tile loop (8 accumulators, 72 cnt) is the innermost loop with
-# cnt and holds the tile's end: 8 uaddlv, the conv and the stores (3.68; 4.92 with the halving lane sums).
+# cnt and holds the tile's end: two pixel trees, the conv and the stores (3.64-3.68 int and affine, 3.72
+# bits; 3.68 with 8 uaddlv, 4.92 with the halving lane sums).
 MAX_INSTRUCTIONS_PER_128_ONE_QUAD = 3.7
 
 # n, cin, h, w, cout, k, stride, pad, mode: odd channel counts, kernels 1/3/5, strides 1/2, padding 0/1/2,

@@ -32,7 +32,16 @@ instructions per 128 bit-MACs. Tried and dropped (rpi4, 2026-11): 4 x 4 tiles fo
 7 x 2 tiles on rows of 7 lower that figure (3.31 and 3.55-3.62) only by leaving the tile's end outside the
 counted loop (scalar, about 5 instructions per output); counted under qemu (QEMU_LOG=in_asm,exec,nochain,
 executed blocks x their sizes) the whole conv does more per `cnt .16b`: 4.57 -> 4.88 (Cin 64, stride 1),
-4.61 -> 5.27 (stride 2), 4.22 -> 4.31 (Cin 256), 4.49 -> 4.68 (7x7, Cin 512).
+4.61 -> 5.27 (stride 2), 4.22 -> 4.31 (Cin 256), 4.49 -> 4.68 (7x7, Cin 512). Also dropped (rpi4,
+2026-11-27, whole conv under qemu per `cnt .16b`, before -> with the change): 4 x 4 tiles with the taps
+unrolled so that the tile's end stays in the loop: LLVM spills accumulators (Cin 64: 4.13 -> 4.47, stride
+2: 4.16 -> 4.60); two tiles per loop iteration: LLVM interleaves and spills them (Cin 64: 4.13 -> 4.57);
+1 pixel x two blocks on rows of 7 (4.22 -> 4.46 Cin 256 stride 2, 4.38 -> 4.85 Cin 512); after the
+uadalp widening, 7 x 1 and 7 x 2 tiles on rows of 7 (Cin 512: 4.05 -> 4.29 and 4.10; Cin 256 stride 2:
+4.22 -> 4.23 and 4.30: the uint16 lanes of 7-14 outputs spill) and "row" chunks for Cin 256 (4.22 ->
+4.44). With 8 accumulators a Cin <= 128 3x3 tile needs about 256 instructions per 72 `cnt .16b` (208 eor,
+cnt and add, 24 loads, 12 for the two pixel trees, 12 for the conv stage and the loop), 3.55: 3.5 needs a
+tile that LLVM does not keep in registers.
 
 Without byte_lanes (kernels.binary_conv2d): one q register holds V = 2 uint64 weight words (two output
 channels); LLVM lowers the uint64 popcount to `cnt v.16b` and widens at every step (uaddlp .8h,
