@@ -38,8 +38,10 @@ unrolled so that the tile's end stays in the loop: LLVM spills accumulators (Cin
 2: 4.16 -> 4.60); two tiles per loop iteration: LLVM interleaves and spills them (Cin 64: 4.13 -> 4.57);
 1 pixel x two blocks on rows of 7 (4.22 -> 4.46 Cin 256 stride 2, 4.38 -> 4.85 Cin 512); after the
 uadalp widening, 7 x 1 and 7 x 2 tiles on rows of 7 (Cin 512: 4.05 -> 4.29 and 4.10; Cin 256 stride 2:
-4.22 -> 4.23 and 4.30: the uint16 lanes of 7-14 outputs spill) and "row" chunks for Cin 256 (4.22 ->
-4.44). With 8 accumulators a Cin <= 128 3x3 tile needs about 256 instructions per 72 `cnt .16b` (208 eor,
+4.22 -> 4.23 and 4.30: the uint16 lanes of 7-14 outputs spill), "row" chunks for Cin 256 (4.22 ->
+4.44), the blocks' loop outside the pixel tiles' (the weights invariant instead of the inputs: Cin 64
+4.09 -> 4.22, Cin 256 stride 2 4.22 -> 4.51) and, for "bits", kernels' "bits_limits" (Cin 128: 4.03 ->
+4.07). With 8 accumulators a Cin <= 128 3x3 tile needs about 256 instructions per 72 `cnt .16b` (208 eor,
 cnt and add, 24 loads, 12 for the two pixel trees, 12 for the conv stage and the loop), 3.55: 3.5 needs a
 tile that LLVM does not keep in registers.
 
