@@ -96,15 +96,23 @@ def conv_primfunc(cin, cout, k, stride, pad, hw, mode, lanes: int, conv=kernels)
 
 
 def random_arguments(func: tvm.tirx.PrimFunc, seed: int = 0) -> tuple[list[np.ndarray], tuple]:
-    """Random arrays for the inputs of `func`, and (shape, dtype) of its output (the last parameter)."""
+    """Random arrays for the inputs of `func`, and (shape, dtype) of its output (the last parameter).
+
+    For a bits output (uint64 words) the int32 inputs (correction and thresholds, or the count limits of
+    "bits_limits") are drawn across [-taps, taps], taps the bits an output counts: the random words give
+    counts near taps / 2, so the output channels get different bits and a candidate that puts a bit in the
+    wrong place of its word changes the result (with a narrow range every bit was 1)."""
     rng = np.random.default_rng(seed)
     arrays = []
     *inputs, output = [([int(d) for d in p.shape], str(p.dtype)) for p in func.params]  # buffers in TVM 0.27
+    (_, _, _, words), (_, kh, kw, *_) = inputs[0][0], inputs[1][0]  # x (N, H, W, words), weights (., kh, kw, ...)
+    taps = 64 * words * kh * kw
+    int_range = (-taps, taps + 1) if output[1] == "uint64" else (-20, 20)
     for shape, dtype in inputs:
         if dtype == "uint64":
             arrays.append(rng.integers(0, 2**63, size=shape, dtype=np.uint64) * 2 + 1)
         elif dtype in ("uint8", "int32"):
-            low, high = (0, 256) if dtype == "uint8" else (-20, 20)
+            low, high = (0, 256) if dtype == "uint8" else int_range
             arrays.append(rng.integers(low, high, size=shape).astype(dtype))
         else:
             arrays.append(rng.standard_normal(shape).astype(dtype))

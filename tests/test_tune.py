@@ -175,3 +175,19 @@ def test_compile_tune_on_this_host_stores_the_winners_and_stays_exact(targets_co
     got, want = run_artifact(artifact.path, x, threads=1), onnxruntime_outputs(model, x)
     np.testing.assert_array_equal(got["bits"], want["bits"])
     np.testing.assert_array_equal(got["counts"], want["counts"])
+
+
+@pytest.mark.parametrize("shape", [(64, 64, 3, 1, 1, 8, "bits"), (128, 96, 3, 2, 1, 8, "bits")])
+def test_the_searchs_random_arguments_give_bits_outputs_that_tell_candidates_apart(shape):
+    """Each candidate is checked against the default schedule on tune.random_arguments: for a bits output
+    those must set and clear bits, differently per channel, or a candidate that misplaces a bit would pass."""
+    spec = get_target(HOST)
+    func = tune.conv_primfunc(*shape, lanes=schedule_x86.conv_lanes(spec.params))
+    inputs, (out_shape, dtype) = tune.random_arguments(func)
+    got = tvm.runtime.empty(out_shape, dtype, tvm.cpu())
+    tune._build(func, tune._global(spec.params), spec)(*[tvm.runtime.tensor(a) for a in inputs], got)
+    bits = np.unpackbits(got.numpy().view(np.uint8), bitorder="little").reshape(-1, 64 * out_shape[-1])
+    per_channel = bits.mean(axis=0)[:shape[1]]
+    assert 0.2 < bits.mean() < 0.8
+    assert np.count_nonzero((per_channel > 0) & (per_channel < 1)) > 0  # some channels vary over pixels
+    assert len(np.unique(per_channel)) > 2  # channels differ from each other
