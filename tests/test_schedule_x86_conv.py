@@ -1,6 +1,8 @@
 """schedule_x86's binary conv: the split of the parallel rows by output channels (channel_parts) is exact
 in every output mode, with stride 2, odd sizes and Cout not a multiple of 64, keeps the output stage
 fused where the parts hold whole output words, and is chosen by default only where rows are few and odd."""
+import re
+
 import numpy as np
 import pytest
 import tvm
@@ -192,13 +194,30 @@ def test_bits_with_thresholds_beyond_every_output(target, mode):
     np.testing.assert_array_equal(run(lib, arrays, want), want)
 
 
+def _tile_from_workspace(lib) -> bool:
+    """Whether the popcount tile's buffer is a call's result (TVMBackendAllocWorkspace), not a stack array."""
+    return re.search(r"%popcount\S* = (tail )?call ptr", lib.mod.inspect_source("ll")) is not None
+
+
 @pytest.mark.parametrize("case", [CASES[0], CASES[2], MANY_WORDS[1]], ids=["bits", "affine", "bits-s2"])
 def test_global_tile_scope_is_exact_and_off_the_workspace(case):
-    """tile_scope "global": a 1 x 2 tile (128 bytes) is no workspace allocation, and the results are exact."""
+    """tile_scope "global": a 1 x 2 tile (128 bytes) is no workspace allocation, and the results are exact;
+    "local" is one."""
+    target = tvm.target.Target(get_target(HOST).tvm_target)
     sch, arrays, want = scheduled(case, 1, tile_pixels=1, tile_blocks=2, tile_scope="global")
-    lib = tvm.compile(sch.mod["main"], target=tvm.target.Target(get_target(HOST).tvm_target))
+    lib = tvm.compile(sch.mod["main"], target=target)
     np.testing.assert_array_equal(run(lib, arrays, want), want)
-    assert "popcount_local" not in lib.mod.inspect_source("ll")
+    assert not _tile_from_workspace(lib)
+    local, _, _ = scheduled(case, 1, tile_pixels=1, tile_blocks=2)
+    assert _tile_from_workspace(tvm.compile(local.mod["main"], target=target))
+
+
+def test_a_global_tile_of_stack_bytes_comes_from_the_workspace():
+    """At STACK_BYTES (1 pixel x all 128 channels of CASES[0] in uint64 = 1024 bytes) TVM takes even a
+    "global" tile from the workspace: why tile_scope_candidates offers "global" only below it."""
+    blocks = schedule_x86.STACK_BYTES // 8 // schedule_x86.conv_lanes(get_target(HOST).params)
+    sch, _, _ = scheduled(CASES[0], 1, tile_pixels=1, tile_blocks=blocks, tile_scope="global")
+    assert _tile_from_workspace(tvm.compile(sch.mod["main"], target=tvm.target.Target(get_target(HOST).tvm_target)))
 
 
 def test_tile_scope_candidates():
