@@ -146,3 +146,26 @@ def test_bits_thresholds_are_folded_into_count_limits():
     constants = [c.value.numpy() for c in _constants(import_onnx(model, lanes=8)["main"])]
     assert any(c.dtype == np.int32 and c.shape == want.shape and np.array_equal(c, want) for c in constants)
     assert not any(c.shape == init["thresholds"].shape and np.array_equal(c, init["thresholds"]) for c in constants)
+
+
+def test_thresholds_that_are_not_constants_are_refused():
+    """x86 folds a bits conv's thresholds into its count limits at import: they must be initializers."""
+    model = custom_op_model()
+    thresholds = next(t for t in model.graph.initializer if t.name == "thresholds")
+    model.graph.initializer.remove(thresholds)
+    model.graph.input.append(helper.make_tensor_value_info("thresholds", TensorProto.INT32, list(thresholds.dims)))
+    with pytest.raises(UserError, match="node conv1: thresholds must be an initializer"):
+        import_onnx(model, lanes=8)
+
+
+@pytest.mark.parametrize("name,length", [("thresholds", 1), ("thresholds", 69), ("thresholds", 80), ("scale", 23)])
+def test_output_stage_inputs_of_another_length_than_cout_are_refused(name, length):
+    """One value per output channel (ops.binary_conv2d): a shorter array would leave channels at 0, a
+    longer one broke the fold with a bare numpy error."""
+    model = custom_op_model()
+    tensor = next(t for t in model.graph.initializer if t.name == name)
+    values = onnx.numpy_helper.to_array(tensor)
+    tensor.CopyFrom(onnx.numpy_helper.from_array(np.resize(values, length), name))
+    cout = len(values)
+    with pytest.raises(UserError, match=rf"{name} has shape \[{length}\], expected \[{cout}\]"):
+        import_onnx(model, lanes=8)

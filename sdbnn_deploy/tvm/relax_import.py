@@ -88,6 +88,10 @@ def _convert_binary_conv2d(bb, inputs, attr, lanes: int, conv=kernels):
     expected = {"int": 0, "affine": 2, "bits": 1}.get(mode)
     if expected is None or len(extra) != expected:
         raise UserError(f"node {name}: BinaryConv2d mode {mode!r} with {len(extra)} output-stage inputs")
+    for tensor, what in zip(extra, {"affine": ("scale", "bias"), "bits": ("thresholds",)}.get(mode, ())):
+        if _static_shape(tensor, name, what) != (int(w.shape[0]),):
+            raise UserError(f"node {name}: {what} has shape {list(_static_shape(tensor, name, what))}, "
+                            f"expected [{int(w.shape[0])}] (one per output channel)")
     blocked, correction = conv.prepare_conv_weights(w, cin, (h, width), pads, strides, lanes)
     compute = compute_mode(mode, conv)
     if compute == "bits_limits":  # the thresholds folded into the correction: one compare per output
