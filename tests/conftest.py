@@ -43,21 +43,34 @@ def random_signs(rng, *shape):
 
 def conv_case(seed, n, cin, h, w, cout, k, stride, pad, mode):
     """Random packed inputs and weights of a BinaryConv2d, and the extra inputs of its mode (an affine
-    scale with zero and negative gammas, or thresholds around 0). stride and pad are the caller's."""
+    scale with zero and negative gammas, or thresholds_on_outputs)."""
     from sdbnn_deploy.bits import pack_signs
 
     rng = np.random.default_rng(seed)
     x = pack_signs(random_signs(rng, n, h, w, cin))
     wt = pack_signs(random_signs(rng, cout, k, k, cin))
-    extra = {
-        "int": [],
-        "affine": [rng.normal(size=cout).astype(np.float32), rng.normal(size=cout).astype(np.float32)],
-        "bits": [rng.integers(-cin * k * k // 2, cin * k * k // 2, size=cout).astype(np.int32)],
-    }[mode]
-    if mode == "affine":
-        extra[0][::3] = 0.0  # zero and negative gammas
-        extra[0][1::3] *= -1
-    return x, wt, extra
+    if mode == "int":
+        return x, wt, []
+    if mode == "bits":
+        return x, wt, [thresholds_on_outputs(x, wt, cin, (stride, stride), (pad, pad))]
+    scale, bias = rng.normal(size=cout).astype(np.float32), rng.normal(size=cout).astype(np.float32)
+    scale[::3] = 0.0  # zero and negative gammas
+    scale[1::3] *= -1
+    return x, wt, [scale, bias]
+
+
+def thresholds_on_outputs(x, wt, in_channels, strides, pads):
+    """Thresholds (Cout,) of a bits conv that sit on and next to its real outputs (the first and last
+    pixel's y, and y + 1: y == threshold and y == threshold - 1 both occur) and on -taps and taps + 1
+    (every bit set, none set), so that an off-by-one or a misplaced bit changes the result."""
+    from sdbnn_deploy.ops import binary_conv2d
+
+    cout, kh, kw = wt.shape[:3]
+    y = binary_conv2d.reference(x, wt, mode="int", in_channels=in_channels, strides=strides, pads=pads)
+    taps = in_channels * kh * kw
+    choices = np.stack([y[0, :, 0, 0], y[0, :, 0, 0] + 1, y[0, :, -1, -1], y[0, :, -1, -1] + 1,
+                        np.full(cout, -taps), np.full(cout, taps + 1)])
+    return choices[np.arange(cout) % len(choices), np.arange(cout)].astype(np.int32)
 
 
 @pytest.fixture(autouse=True)

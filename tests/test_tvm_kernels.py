@@ -8,6 +8,7 @@ import pytest
 import tvm
 from tvm import te
 
+from conftest import thresholds_on_outputs
 from sdbnn_deploy.bits import pack_signs, unpack_signs
 from sdbnn_deploy.ops import binarize_pack, binary_conv2d, packed_max_pool2d
 from sdbnn_deploy.targets import _cpu_flags, get_target, host_target_name
@@ -62,7 +63,7 @@ CONV_CASES = [
 
 
 def conv_case(rng, cin, cout, k, stride, pad, h, w, mode, n):
-    """Packed inputs, weights and output-stage constants; thresholds sit on and next to real outputs."""
+    """Packed inputs, weights and output-stage constants (conftest.thresholds_on_outputs for bits)."""
     x = pack_signs(random_signs(rng, (n, h, w, cin)))
     wt = pack_signs(random_signs(rng, (cout, k, k, cin)))
     attrs = dict(in_channels=cin, strides=(stride, stride), pads=(pad, pad))
@@ -73,11 +74,7 @@ def conv_case(rng, cin, cout, k, stride, pad, h, w, mode, n):
         scale[::4] = 0.0
         extra = [scale, rng.standard_normal(cout).astype(np.float32)]
     else:
-        y = binary_conv2d.reference(x, wt, mode="int", **attrs)
-        taps = cin * k * k
-        choices = np.stack([y[0, :, 0, 0], y[0, :, 0, 0] + 1, y[0, :, -1, -1], y[0, :, -1, -1] + 1,
-                            np.full(cout, -taps), np.full(cout, taps + 1)])
-        extra = [choices[np.arange(cout) % len(choices), np.arange(cout)].astype(np.int32)]
+        extra = [thresholds_on_outputs(x, wt, **attrs)]
     return x, wt, extra, attrs
 
 
