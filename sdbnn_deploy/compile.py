@@ -22,8 +22,8 @@ import tvm
 
 from sdbnn_deploy import __version__
 from sdbnn_deploy.errors import UserError
-from sdbnn_deploy.targets import TargetSpec, get_target
-from sdbnn_deploy.tvm import apply_schedules, conv_kernels, schedule_module
+from sdbnn_deploy.targets import TargetSpec, get_target, target_path, user_shapes_path
+from sdbnn_deploy.tvm import ScheduleParamError, apply_schedules, conv_kernels, schedule_module
 from sdbnn_deploy.tvm.relax_import import import_onnx
 from sdbnn_deploy.tvm.schedule_float import relax_pipeline
 
@@ -66,12 +66,21 @@ def compile_model(onnx_path, target: str, out_dir, threads: int | None = None, b
     tuning = None
     if tune:
         spec, tuning = _tuned(mod, spec, session, progress)
-    mod = apply_schedules(mod, spec.schedule, spec.params)
+    mod = _scheduled(mod, spec)
     tvm_target = tvm.target.Target(spec.tvm_target)
     executable = tvm.compile(mod, target=tvm_target, relax_pipeline=relax_pipeline(tvm_target))
     manifest = _manifest(model, mod, spec, target, onnx_path, threads or spec.threads, batch, lanes)
     _write_artifact(out_dir, executable, manifest, spec)
     return Artifact(out_dir, manifest, tuning)
+
+
+def _scheduled(mod, spec: TargetSpec):
+    """apply_schedules; a schedule parameter it cannot use is a UserError naming the target's files."""
+    try:
+        return apply_schedules(mod, spec.schedule, spec.params)
+    except ScheduleParamError as e:
+        files = [p for p in (target_path(spec.name), user_shapes_path(spec.name)) if p.is_file()]
+        raise UserError(f"target {spec.name} ({', '.join(map(str, files))}): {e}") from None
 
 
 def _measuring_session(spec: TargetSpec, board: dict | None):

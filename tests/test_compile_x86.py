@@ -8,6 +8,7 @@ import json
 import numpy as np
 import onnx
 import pytest
+import tvm
 from click.testing import CliRunner
 
 import sdbnn_deploy.run as run_module
@@ -16,7 +17,7 @@ from sdbnn_deploy.cli import main as cli
 from sdbnn_deploy.compile import compile_model
 from sdbnn_deploy.errors import UserError
 from sdbnn_deploy.run import load_manifest, run_artifact
-from sdbnn_deploy.targets import _cpu_flags
+from sdbnn_deploy.targets import _cpu_flags, get_target
 
 FLAGS = _cpu_flags("/proc/cpuinfo")
 X86_TARGETS = ["x86-generic"] + (["x86-avx2"] if {"avx2", "popcnt"} <= FLAGS else []) \
@@ -166,4 +167,29 @@ def test_cli_bad_target_exits_2_with_one_line(onnx_files, tmp_path):
     result = CliRunner().invoke(cli, ["compile", str(onnx_files[False]), "--target", "pi9", "-o", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert result.output.startswith("error: unknown target 'pi9'; valid targets:")
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_bad_shape_entry_in_the_users_tuned_shapes_exits_2_naming_the_file(onnx_files, tmp_path):
+    """A [params.shapes] entry the schedule cannot use (here in the user's file of tuned shapes) is one line
+    naming the files of the target and the shape, not a traceback, and no artifact is written."""
+    from sdbnn_deploy.targets import user_shapes_path
+    from sdbnn_deploy.tvm import OP_ATTR, schedule_x86
+    from sdbnn_deploy.tvm.relax_import import import_onnx
+
+    mod = import_onnx(onnx.load(str(onnx_files[False])), lanes=schedule_x86.conv_lanes(get_target("x86").params))
+    convs = [f for f in mod.functions.values() if f.attrs is not None and f.attrs.get(OP_ATTR) == "BinaryConv2d"]
+    key = schedule_x86.conv_key(tvm.s_tir.Schedule(convs[0]))
+    path = user_shapes_path(get_target("x86").name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'[params.shapes."{key}"]\ntile_scope = "registers"\n')
+    try:
+        result = CliRunner().invoke(cli, ["compile", str(onnx_files[False]), "--target", "x86",
+                                          "-o", str(tmp_path / "o")])
+    finally:
+        path.unlink()
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error: target {get_target('x86').name} (")
+    assert str(path) in result.output and key in result.output and "tile_scope must be one of" in result.output
+    assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()

@@ -20,6 +20,11 @@ _SCHEDULE_FUNCTIONS = {
 }
 
 
+class ScheduleParamError(ValueError):
+    """A schedule parameter of a target (its [params] or a [params.shapes] entry) that the schedule cannot
+    use; compile reports it as a UserError naming the target's files."""
+
+
 def largest_divisor(n: int, at_most: int) -> int:
     """The largest divisor of n that is at most at_most (a tile that splits an extent evenly)."""
     return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)

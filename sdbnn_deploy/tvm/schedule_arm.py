@@ -53,7 +53,7 @@ apache-tvm-ffi 0.1.15.post2, the save_json crash of tvm-notes.md).
 """
 from tvm import s_tir
 
-from sdbnn_deploy.tvm import kernels, kernels_arm, largest_divisor
+from sdbnn_deploy.tvm import ScheduleParamError, kernels, kernels_arm, largest_divisor
 from sdbnn_deploy.tvm.schedule_x86 import _extent, _mode, _parallel_rows
 
 DEFAULTS = {"byte_lanes": True, "tile_pixels": 2, "tile_vectors": 4, "shapes": {}}
@@ -67,7 +67,8 @@ def _param(params, name):
     """params[name], else its default; a name this module does not know is an error, not ignored."""
     unknown = sorted(set(params or {}) - set(DEFAULTS))
     if unknown:
-        raise ValueError(f"schedule_arm: unknown schedule parameters {unknown}; known: {sorted(DEFAULTS)}")
+        raise ScheduleParamError(f"schedule_arm: unknown schedule parameters {unknown}; "
+                                 f"known: {sorted(DEFAULTS)}")
     value = (params or {}).get(name, DEFAULTS[name])
     return value if name == "shapes" else int(value)
 
@@ -96,7 +97,8 @@ def conv_choice(sch: s_tir.Schedule, params) -> dict:
     entry = _param(params, "shapes").get(conv_key(sch), {})
     unknown = sorted(set(entry) - set(SHAPE_PARAMS))
     if unknown:
-        raise ValueError(f"schedule_arm: shapes entries may set {list(SHAPE_PARAMS)}, not {unknown}")
+        raise ScheduleParamError(f"schedule_arm: shapes.{conv_key(sch)}: entries may set {list(SHAPE_PARAMS)}, "
+                                 f"not {unknown}")
     chosen.update({name: int(value) for name, value in entry.items()})
     return chosen
 

@@ -60,7 +60,7 @@ The conv, as measured (tvm-notes.md, "What made a binary conv fast", and sdbnn_d
 import tvm
 from tvm import s_tir
 
-from sdbnn_deploy.tvm import largest_divisor
+from sdbnn_deploy.tvm import ScheduleParamError, largest_divisor
 
 DEFAULTS = {"lanes": 8, "accumulators": 16, "tile_pixels": 0, "tile_blocks": 0, "epilogue": "auto",
             "channel_parts": 0, "row_layout": "pixels", "tile_scope": "local", "shapes": {}}
@@ -86,7 +86,8 @@ def _param(params, name):
     """params[name], else its default; a name this module does not know is an error, not ignored."""
     unknown = sorted(set(params or {}) - set(DEFAULTS))
     if unknown:
-        raise ValueError(f"schedule_x86: unknown schedule parameters {unknown}; known: {sorted(DEFAULTS)}")
+        raise ScheduleParamError(f"schedule_x86: unknown schedule parameters {unknown}; "
+                                 f"known: {sorted(DEFAULTS)}")
     return (params or {}).get(name, DEFAULTS[name])
 
 
@@ -160,7 +161,7 @@ def conv_choice(sch: s_tir.Schedule, params) -> dict:
     entry = (_param(params, "shapes") or {}).get(conv_key(sch), {})
     unknown = sorted(set(entry) - set(SHAPE_PARAMS))
     if unknown:
-        raise ValueError(f"schedule_x86: shapes.{conv_key(sch)}: unknown parameters {unknown}; "
+        raise ScheduleParamError(f"schedule_x86: shapes.{conv_key(sch)}: unknown parameters {unknown}; "
                          f"known: {list(SHAPE_PARAMS)}")
     chosen.update(entry)
     n, oh, ow, b, *_ = sch.get_loops(sch.get_sblock("popcount"))
@@ -171,13 +172,16 @@ def conv_choice(sch: s_tir.Schedule, params) -> dict:
     if chosen["epilogue"] == "auto":
         chosen["epilogue"] = default_epilogue(_mode(sch))
     if chosen["epilogue"] not in EPILOGUES:
-        raise ValueError(f"schedule_x86: epilogue must be one of {EPILOGUES}, not {chosen['epilogue']!r}")
+        raise ScheduleParamError(f"schedule_x86: {conv_key(sch)}: epilogue must be one of {EPILOGUES}, "
+                                 f"not {chosen['epilogue']!r}")
     if chosen["row_layout"] not in ROW_LAYOUTS:
-        raise ValueError(f"schedule_x86: row_layout must be one of {ROW_LAYOUTS}, not {chosen['row_layout']!r}")
+        raise ScheduleParamError(f"schedule_x86: {conv_key(sch)}: row_layout must be one of {ROW_LAYOUTS}, "
+                                 f"not {chosen['row_layout']!r}")
     if chosen["tile_scope"] not in TILE_SCOPES:
-        raise ValueError(f"schedule_x86: tile_scope must be one of {TILE_SCOPES}, not {chosen['tile_scope']!r}")
+        raise ScheduleParamError(f"schedule_x86: {conv_key(sch)}: tile_scope must be one of {TILE_SCOPES}, "
+                                 f"not {chosen['tile_scope']!r}")
     if entry.get("row_layout") == "channels" and (chosen["epilogue"] != "row" or _mode(sch) not in NCHW_MODES):
-        raise ValueError(f"schedule_x86: shapes.{conv_key(sch)}: row_layout 'channels' needs epilogue 'row' and "
+        raise ScheduleParamError(f"schedule_x86: shapes.{conv_key(sch)}: row_layout 'channels' needs epilogue 'row' and "
                          f"an NCHW output {NCHW_MODES}, not {chosen['epilogue']!r} and {_mode(sch)!r}")
     parts = int(chosen["channel_parts"])
     if parts <= 0 or (blocks // tb) % parts:
