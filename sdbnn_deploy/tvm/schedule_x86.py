@@ -252,9 +252,9 @@ def serial_conv(sch: s_tir.Schedule) -> bool:
     (output pixels x output channels x kh x kw x input words), where a parallel loop costs more than the
     second thread gives back.
 
-    TVM allocates a parallel loop's buffers in its body: each row then allocates and frees the tile's
-    accumulators and the row's conv results (TVMBackendAllocWorkspace, above 1 KB), where a serial loop
-    does it once per call; about 30-45 ns per row on one thread (starting the region 0.01 us), a fifth
+    TVM allocates a parallel loop's buffers in its body: each row then allocates and frees the row's conv
+    results and, with tile_scope "local", the tile's accumulators (TVMBackendAllocWorkspace: every "local"
+    buffer, whatever its size; a "global" one from STACK_BYTES on), where a serial loop does it once per call; about 30-45 ns per row on one thread (starting the region 0.01 us), a fifth
     of ResNet-20's 64->64 8x8 conv (8 rows, 36864 words). One core, AVX-512, interleaved medians, us,
     parallel -> serial: 1 thread 64->64 8x8 1.75 -> 1.46, 32->64 s2 to 8x8 1.87 -> 1.57; 2 threads
     64->64 8x8 1.64-1.71 -> 1.53-1.56, 32->64 s2 1.68-1.79 -> 1.65-1.67 (serial is faster there too).
@@ -313,10 +313,11 @@ def _output_fits_at(sch: s_tir.Schedule, conv, out, bo, attach) -> bool:
 
 
 def _schedule_conv_output(sch: s_tir.Schedule, out) -> None:
-    """bits: the 64 comparisons of a word unrolled (LLVM turns them into vector compares), and from
-    UNROLLED_WORDS words on the words of a pixel unrolled too: left a loop, LLVM vectorises it across
-    the words, one gather per bit (one core: VGG-Small's 128->256 16x16 50 -> 39 us, 256->512 8x8 44 ->
-    33 us, 512->512 8x8 73 -> 62 us; with 2 words the loop was faster: 128->128 32x32 68 vs 77 us);
+    """bits and bits_limits: the 64 values of a word unrolled (bits compares them, in vectors; bits_limits
+    adds the bits its "conv" stage has put in place), and from UNROLLED_WORDS words on the words of a pixel
+    unrolled too: left a loop, LLVM vectorises it across the words, one gather per bit (measured with
+    "bits", before bits_limits; one core: VGG-Small's 128->256 16x16 50 -> 39 us, 256->512 8x8 44 -> 33 us,
+    512->512 8x8 73 -> 62 us; with 2 words the loop was faster: 128->128 32x32 68 vs 77 us);
     int/affine (NCHW): the pixels of a channel row vectorised."""
     loops = sch.get_loops(out)
     iter_vars = sch.get(out).iter_vars
