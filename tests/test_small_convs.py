@@ -76,3 +76,13 @@ def test_serial_below_the_threshold(width, serial):
     sch, _, _ = unscheduled((64, 64, 1, 1, 0, 32, width, "int", 1), 8)
     assert (64 * 32 * width < schedule_x86.SERIAL_CONV_WORDS) == serial
     assert schedule_x86.serial_conv(sch) == serial
+
+
+def test_a_serial_conv_with_few_odd_rows_is_not_split_by_channels():
+    """default_channel_parts splits few odd rows between two threads; a serial conv has one, so 1 part."""
+    params = get_target(HOST).params
+    odd = (64, 64, 3, 1, 1, 7, 7, "affine", 1)  # 7 rows, 28224 words: serial
+    sch, _, _ = unscheduled(odd, schedule_x86.conv_lanes(params))
+    assert schedule_x86.serial_conv(sch)
+    assert schedule_x86.default_channel_parts(7, 8) == 2  # what the rule gives a parallel conv of 7 rows
+    assert schedule_x86.conv_choice(sch, {**params, "shapes": {}})["channel_parts"] == 1

@@ -187,7 +187,8 @@ def conv_choice(sch: s_tir.Schedule, params) -> dict:
     if parts <= 0 or (blocks // tb) % parts:
         half = blocks // 2 * conv_lanes(params)
         whole_words = _mode(sch) != "bits" or half % 64 == 0
-        parts = default_channel_parts(_extent(sch, n) * _extent(sch, oh), blocks // tb, whole_words)
+        rows = _extent(sch, n) * _extent(sch, oh)
+        parts = 1 if serial_conv(sch) else default_channel_parts(rows, blocks // tb, whole_words)  # (one thread)
     return {"tile_pixels": tw, "tile_blocks": tb, "epilogue": chosen["epilogue"], "channel_parts": parts,
             "row_layout": chosen["row_layout"], "tile_scope": chosen["tile_scope"]}
 
@@ -254,8 +255,9 @@ def serial_conv(sch: s_tir.Schedule) -> bool:
 
     TVM allocates a parallel loop's buffers in its body: each row then allocates and frees the row's conv
     results and, with tile_scope "local", the tile's accumulators (TVMBackendAllocWorkspace: every "local"
-    buffer, whatever its size; a "global" one from STACK_BYTES on), where a serial loop does it once per call; about 30-45 ns per row on one thread (starting the region 0.01 us), a fifth
-    of ResNet-20's 64->64 8x8 conv (8 rows, 36864 words). One core, AVX-512, interleaved medians, us,
+    buffer, whatever its size; a "global" one from STACK_BYTES on), where a serial loop does it once per
+    call; about 30-45 ns per row on one thread (starting the region 0.01 us), a fifth of ResNet-20's 64->64
+    8x8 conv (8 rows, 36864 words). One core, AVX-512, interleaved medians, us,
     parallel -> serial: 1 thread 64->64 8x8 1.75 -> 1.46, 32->64 s2 to 8x8 1.87 -> 1.57; 2 threads
     64->64 8x8 1.64-1.71 -> 1.53-1.56, 32->64 s2 1.68-1.79 -> 1.65-1.67 (serial is faster there too).
     From 73728 words the second thread wins: 2 threads 32->32 16x16 2.45-2.54 parallel, 2.85-2.89
