@@ -103,12 +103,15 @@ def test_standard_op_tvm_cannot_import_is_named():
         import_onnx(_with_node(custom_op_model(), node), lanes=8)
 
 
-def test_weights_that_are_not_constants_are_refused():
+@pytest.mark.parametrize("name,dtype,what", [("w1", TensorProto.UINT64, "W"),
+                                             ("thresholds", TensorProto.INT32, "thresholds")])
+def test_weights_and_thresholds_that_are_not_constants_are_refused(name, dtype, what):
+    """W always; thresholds because x86 folds a bits conv's thresholds into its count limits at import."""
     model = custom_op_model()
-    w1 = next(t for t in model.graph.initializer if t.name == "w1")
-    model.graph.initializer.remove(w1)
-    model.graph.input.append(helper.make_tensor_value_info("w1", TensorProto.UINT64, list(w1.dims)))
-    with pytest.raises(UserError, match="node conv1: W must be an initializer"):
+    tensor = next(t for t in model.graph.initializer if t.name == name)
+    model.graph.initializer.remove(tensor)
+    model.graph.input.append(helper.make_tensor_value_info(name, dtype, list(tensor.dims)))
+    with pytest.raises(UserError, match=f"node conv1: {what} must be an initializer"):
         import_onnx(model, lanes=8)
 
 
@@ -146,16 +149,6 @@ def test_bits_thresholds_are_folded_into_count_limits():
     constants = [c.value.numpy() for c in _constants(import_onnx(model, lanes=8)["main"])]
     assert any(c.dtype == np.int32 and c.shape == want.shape and np.array_equal(c, want) for c in constants)
     assert not any(c.shape == init["thresholds"].shape and np.array_equal(c, init["thresholds"]) for c in constants)
-
-
-def test_thresholds_that_are_not_constants_are_refused():
-    """x86 folds a bits conv's thresholds into its count limits at import: they must be initializers."""
-    model = custom_op_model()
-    thresholds = next(t for t in model.graph.initializer if t.name == "thresholds")
-    model.graph.initializer.remove(thresholds)
-    model.graph.input.append(helper.make_tensor_value_info("thresholds", TensorProto.INT32, list(thresholds.dims)))
-    with pytest.raises(UserError, match="node conv1: thresholds must be an initializer"):
-        import_onnx(model, lanes=8)
 
 
 @pytest.mark.parametrize("name,length", [("thresholds", 1), ("thresholds", 69), ("thresholds", 80), ("scale", 23)])
