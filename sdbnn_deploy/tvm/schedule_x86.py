@@ -181,8 +181,9 @@ def conv_choice(sch: s_tir.Schedule, params) -> dict:
         raise ScheduleParamError(f"schedule_x86: {conv_key(sch)}: tile_scope must be one of {TILE_SCOPES}, "
                                  f"not {chosen['tile_scope']!r}")
     if entry.get("row_layout") == "channels" and (chosen["epilogue"] != "row" or _mode(sch) not in NCHW_MODES):
-        raise ScheduleParamError(f"schedule_x86: shapes.{conv_key(sch)}: row_layout 'channels' needs epilogue 'row' and "
-                         f"an NCHW output {NCHW_MODES}, not {chosen['epilogue']!r} and {_mode(sch)!r}")
+        raise ScheduleParamError(f"schedule_x86: shapes.{conv_key(sch)}: row_layout 'channels' needs epilogue "
+                                 f"'row' and an NCHW output {NCHW_MODES}, not {chosen['epilogue']!r} and "
+                                 f"{_mode(sch)!r}")
     parts = int(chosen["channel_parts"])
     if parts <= 0 or (blocks // tb) % parts:
         half = blocks // 2 * conv_lanes(params)
