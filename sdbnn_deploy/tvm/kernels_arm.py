@@ -83,10 +83,10 @@ def _u8(value):
     return tirx.const(value, "uint8")
 
 
-def _across_lanes(lanes: te.Tensor, idx: tuple, start: int, count: int):
-    """int32 sum of lanes[idx + (start .. start+count-1,)] (uint8 or uint16): one NEON `uaddlv`."""
+def _across_lanes(lanes: te.Tensor, idx: tuple, count: int):
+    """int32 sum of lanes[idx + (0 .. count-1,)] (uint8 or uint16): one NEON `uaddlv`."""
     bits = {"uint8": 8, "uint16": 16}[str(lanes.dtype)]
-    return _intrin("int32", f"uaddlv.i32.v{count}i{bits}", lanes[idx + (tirx.Ramp(start, 1, count),)])
+    return _intrin("int32", f"uaddlv.i32.v{count}i{bits}", lanes[idx + (tirx.Ramp(0, 1, count),)])
 
 
 def _byte_pair(part: te.Tensor, idx: tuple, lane):
@@ -149,7 +149,7 @@ def binary_conv2d(x: te.Tensor, weights: te.Tensor, correction: te.Tensor, *extr
         if lanes == TREE_LANES and kh * kw * quads * 16 <= 0xFF:  # a byte lane's sum doubled fits a byte
             counts = te.compute(spatial, lambda i, y, xx, b, v: _pixel_tree(part, (i, y, xx, b), v), name="popcount")
         else:
-            counts = te.compute(spatial, lambda *idx: _across_lanes(part, idx, 0, QUAD_BYTES), name="popcount")
+            counts = te.compute(spatial, lambda *idx: _across_lanes(part, idx, QUAD_BYTES), name="popcount")
     elif name == "row":
         s, q = te.reduce_axis((0, kw), name="s"), te.reduce_axis((0, quads), name="q")
         part = te.compute(spatial + (kh, QUAD_BYTES), lambda i, y, xx, b, v, r, byte: te.sum(
@@ -166,6 +166,6 @@ def binary_conv2d(x: te.Tensor, weights: te.Tensor, correction: te.Tensor, *extr
             _byte_pair(part, (i, y, xx, b, v, r, s, g), lane), axis=[r, s, g]), name="widen")
 
     if name != "all":
-        counts = te.compute(spatial, lambda *idx: _across_lanes(widened, idx, 0, HALF_QUAD_LANES), name="popcount")
+        counts = te.compute(spatial, lambda *idx: _across_lanes(widened, idx, HALF_QUAD_LANES), name="popcount")
     return conv_output_stage(counts, correction, *extra, in_channels=in_channels, out_channels=out_channels,
                              in_hw=(h, w), kernel=(kh, kw), strides=strides, pads=pads, mode=mode)
