@@ -23,7 +23,7 @@ import tvm
 from sdbnn_deploy import __version__
 from sdbnn_deploy.errors import UserError
 from sdbnn_deploy.targets import TargetSpec, get_target, target_path, user_shapes_path
-from sdbnn_deploy.tvm import ScheduleParamError, apply_schedules, conv_kernels, schedule_module
+from sdbnn_deploy.tvm import ScheduleParamError, apply_schedules, conv_kernels, pixel_lanes, schedule_module
 from sdbnn_deploy.tvm.relax_import import import_onnx
 from sdbnn_deploy.tvm.schedule_float import relax_pipeline
 
@@ -62,7 +62,7 @@ def compile_model(onnx_path, target: str, out_dir, threads: int | None = None, b
     session = _measuring_session(spec, board) if tune else None  # before the slow import: a bad board fails fast
     lanes = schedule_module(spec.schedule).conv_lanes(spec.params)
     mod = import_onnx(model, lanes=lanes, batch=batch, source=str(onnx_path),
-                      conv=conv_kernels(spec.schedule, spec.params))
+                      conv=conv_kernels(spec.schedule, spec.params), pixel_lanes=pixel_lanes(spec.params))
     tuning = None
     if tune:
         spec, tuning = _tuned(mod, spec, session, progress)

@@ -42,8 +42,9 @@ from sdbnn_deploy.compile import export_library
 from sdbnn_deploy.errors import UserError
 from sdbnn_deploy.remote import DEFAULT_TIMEOUT, Session, connect
 from sdbnn_deploy.targets import _cpu_flags, get_target, target_path, tomllib, user_shapes_path
-from sdbnn_deploy.tvm import OP_ATTR, conv_kernels, kernels, schedule_arm, schedule_module, schedule_x86
-from sdbnn_deploy.tvm.relax_import import compute_mode
+from sdbnn_deploy.tvm import OP_ATTR, conv_kernels, kernels, pixel_lanes, schedule_arm, schedule_module, schedule_x86
+from sdbnn_deploy.tvm.kernels import border_bounds
+from sdbnn_deploy.tvm.relax_import import compute_mode, conv_module
 
 # (Cin, Cout, kernel, stride, pad, input H=W, output mode): the binary convs of VGG-Small and ResNet-18 (CIFAR).
 SHAPES = [
@@ -79,14 +80,16 @@ def runnable(target: str, cpuinfo_path: str = "/proc/cpuinfo") -> bool:
     return REQUIRED_FLAGS[target] <= _cpu_flags(cpuinfo_path)
 
 
-def conv_primfunc(cin, cout, k, stride, pad, hw, mode, lanes: int, conv=kernels) -> tvm.tirx.PrimFunc:
+def conv_primfunc(cin, cout, k, stride, pad, hw, mode, lanes: int, conv=kernels, pixels: bool = False
+                  ) -> tvm.tirx.PrimFunc:
     """The unscheduled BinaryConv2d PrimFunc of one shape (mode: the ONNX node's), as the importer emits
     and tags it; `conv` is the module with its compute (kernels, or kernels_arm for byte lanes:
-    sdbnn_deploy.tvm.conv_kernels)."""
+    sdbnn_deploy.tvm.conv_kernels), `pixels` the target's pixel_lanes (relax_import.conv_module)."""
     words = np.zeros((cout, k, k, -(-cin // 64)), np.uint64)
+    conv = conv_module(conv, mode, words.shape[3], border_bounds(hw, k, stride, pad)[0], lanes, pixels)
     blocked, correction = conv.prepare_conv_weights(words, cin, (hw, hw), (pad, pad), (stride, stride), lanes)
     shapes = [((1, hw, hw, words.shape[3]), "uint64"), (blocked.shape, str(blocked.dtype)),
-              (correction.shape, "int32")]
+              (correction.shape, str(correction.dtype))]
     compute = compute_mode(mode, conv)
     shapes += {"affine": [((cout,), "float32")] * 2, "bits": [((cout,), "int32")]}.get(compute, [])
     tensors = [te.placeholder(s, d, f"a{i}") for i, (s, d) in enumerate(shapes)]
@@ -121,6 +124,8 @@ def random_arguments(func: tvm.tirx.PrimFunc, seed: int = 0) -> tuple[list[np.nd
 
 def candidates(sch, params: dict) -> list[dict]:
     """Every per-shape parameter set to try for the conv scheduled by `sch` (see the module docstring)."""
+    if schedule_x86.pixel_lanes(sch):
+        return pixel_candidates(sch, params)
     _, _, ow, b, *_ = sch.get_loops(sch.get_sblock("popcount"))
     width, blocks = int(sch.get(ow).extent), int(sch.get(b).extent)
     most = int(params.get("accumulators", schedule_x86.DEFAULTS["accumulators"]))
@@ -135,6 +140,20 @@ def candidates(sch, params: dict) -> list[dict]:
     return [{"tile_pixels": tw, "tile_blocks": tb, **place, **({"tile_scope": scope} if scope != "local" else {})}
             for tw, tb in tiles for place in places
             for scope in schedule_x86.tile_scope_candidates(tw, tb, lanes)]
+
+
+def pixel_candidates(sch, params: dict) -> list[dict]:
+    """The tiles to try for a pixel-lanes conv (schedule_x86.schedule_pixel_lanes): vectors of pixels x
+    output channels with between half and all of the accumulators, in both tile scopes where they fit."""
+    _, cout, _, width, *_ = (int(sch.get(loop).extent) for loop in sch.get_loops(sch.get_sblock("popcount")))
+    lanes = schedule_x86.conv_lanes(params)
+    most = int(params.get("accumulators", schedule_x86.DEFAULTS["accumulators"]))
+    vectors = width // lanes
+    tiles = [(tv, tc) for tv in range(1, vectors + 1) for tc in range(1, cout + 1)
+             if vectors % tv == 0 and cout % tc == 0 and most // 2 <= tv * tc <= most]
+    tiles = tiles or [schedule_x86.PIXEL_TILE]
+    return [{"tile_pixels": tv * lanes, "tile_blocks": tc, **({"tile_scope": scope} if scope != "local" else {})}
+            for tv, tc in tiles for scope in schedule_x86.tile_scope_candidates(tv, tc, lanes)]
 
 
 def arm_candidates(sch, params: dict) -> list[dict]:
@@ -256,7 +275,8 @@ def tune_shapes(target: str, shapes=None, rounds: int = 3, progress=None, sessio
     session = session or measuring_session(spec)
     lanes = schedule_module(spec.schedule).conv_lanes(spec.params)
     conv = conv_kernels(spec.schedule, spec.params)
-    funcs = [(f"{shape}", conv_primfunc(*shape, lanes=lanes, conv=conv)) for shape in shapes or SHAPES]
+    funcs = [(f"{shape}", conv_primfunc(*shape, lanes=lanes, conv=conv, pixels=pixel_lanes(spec.params)))
+             for shape in shapes or SHAPES]
     return _tune_all(funcs, spec, session, rounds, progress)
 
 

@@ -52,6 +52,12 @@ def conv_kernels(schedule: str, params: dict):
     return importlib.import_module("sdbnn_deploy.tvm.kernels")
 
 
+def pixel_lanes(params: dict) -> bool:
+    """The target's param pixel_lanes (schedule_x86's docstring): whether the importer may emit
+    BinaryConv2d with output pixels in the lanes (relax_import.conv_module)."""
+    return bool((params or {}).get("pixel_lanes", False))
+
+
 def schedule_primfunc(func: tvm.tirx.PrimFunc, schedule: str, params: dict) -> tvm.tirx.PrimFunc:
     """Schedule one PrimFunc tagged with OP_ATTR by the matching function of the schedule module."""
     op = str(func.attrs[OP_ATTR])

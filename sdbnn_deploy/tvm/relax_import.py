@@ -26,7 +26,8 @@ from tvm import relax
 from sdbnn_deploy.bits import words_for
 from sdbnn_deploy.errors import UserError
 from sdbnn_deploy.ops import DOMAIN
-from sdbnn_deploy.tvm import OP_ATTR, kernels
+from sdbnn_deploy.tvm import OP_ATTR, kernels, kernels_pixels
+from sdbnn_deploy.tvm.kernels import border_bounds
 
 CUSTOM_OPS = ("BinarizePack", "BinaryConv2d", "PackedMaxPool2d")
 METADATA_KEY = "sdbnn_deploy.version"  # written by export_onnx into metadata_props
@@ -74,7 +75,7 @@ def _convert_binarize_pack(bb, inputs, attr):
     return _emit(bb, kernels.binarize_pack, "BinarizePack", x, shift)
 
 
-def _convert_binary_conv2d(bb, inputs, attr, lanes: int, conv=kernels):
+def _convert_binary_conv2d(bb, inputs, attr, lanes: int, conv=kernels, pixel_lanes: bool = False):
     name = attr["tvm_custom"]["name"]
     x, extra = inputs[0], [e for e in inputs[2:] if e is not None]
     w = _constant(inputs[1], name, "W")
@@ -92,6 +93,7 @@ def _convert_binary_conv2d(bb, inputs, attr, lanes: int, conv=kernels):
         if _static_shape(tensor, name, what) != (int(w.shape[0]),):
             raise UserError(f"node {name}: {what} has shape {list(_static_shape(tensor, name, what))}, "
                             f"expected [{int(w.shape[0])}] (one per output channel)")
+    conv = conv_module(conv, mode, cw, border_bounds(width, w.shape[2], strides[1], pads[1])[0], lanes, pixel_lanes)
     blocked, correction = conv.prepare_conv_weights(w, cin, (h, width), pads, strides, lanes)
     compute = compute_mode(mode, conv)
     if compute == "bits_limits":  # the thresholds folded into the correction: one compare per output
@@ -101,6 +103,15 @@ def _convert_binary_conv2d(bb, inputs, attr, lanes: int, conv=kernels):
     y = _emit(bb, conv.binary_conv2d, "BinaryConv2d", x, relax.const(blocked), relax.const(correction),
               *extra, in_channels=cin, out_channels=int(w.shape[0]), strides=strides, pads=pads, mode=compute)
     return bb.emit(relax.op.permute_dims(y, [0, 3, 1, 2])) if compute == "int_nhwc" else y
+
+
+def conv_module(conv, mode: str, words: int, out_width: int, lanes: int, pixel_lanes: bool):
+    """The module whose compute a BinaryConv2d is emitted with: kernels_pixels (output pixels in the
+    lanes) where the target asks for pixel lanes, the compute is kernels' and kernels_pixels.applies to
+    the shape; else `conv` (the target's: kernels, or kernels_arm)."""
+    if pixel_lanes and conv is kernels and kernels_pixels.applies(mode, words, out_width, lanes):
+        return kernels_pixels
+    return conv
 
 
 def compute_mode(mode: str, conv=kernels) -> str:
@@ -118,11 +129,11 @@ def _convert_packed_max_pool2d(bb, inputs, attr):
                  kernel_shape=tuple(attr["kernel_shape"]), strides=tuple(attr["strides"]))
 
 
-def _converters(frontend, lanes: int, conv=kernels) -> dict:
+def _converters(frontend, lanes: int, conv=kernels, pixel_lanes: bool = False) -> dict:
     """One OnnxOpConverter subclass per sdbnn op (the importer calls _impl_v<opset> on the class)."""
     functions = {
         "BinarizePack": _convert_binarize_pack,
-        "BinaryConv2d": lambda bb, inputs, attr: _convert_binary_conv2d(bb, inputs, attr, lanes, conv),
+        "BinaryConv2d": lambda bb, inputs, attr: _convert_binary_conv2d(bb, inputs, attr, lanes, conv, pixel_lanes),
         "PackedMaxPool2d": _convert_packed_max_pool2d,
     }
 
@@ -134,12 +145,13 @@ def _converters(frontend, lanes: int, conv=kernels) -> dict:
 
 
 @contextlib.contextmanager
-def sdbnn_ops_registered(lanes: int, conv=kernels):
+def sdbnn_ops_registered(lanes: int, conv=kernels, pixel_lanes: bool = False):
     """While active, TVM's ONNX importer converts our custom ops (weights laid out for `lanes`; conv: the
-    module with BinaryConv2d's compute, kernels or kernels_arm, see sdbnn_deploy.tvm.conv_kernels)."""
+    module with BinaryConv2d's compute, kernels or kernels_arm, see sdbnn_deploy.tvm.conv_kernels;
+    pixel_lanes: the target's param of that name, see conv_module)."""
     frontend = _onnx_frontend()
     original = frontend._get_convert_map
-    extra = _converters(frontend, lanes, conv)
+    extra = _converters(frontend, lanes, conv, pixel_lanes)
     frontend._get_convert_map = lambda: {**original(), **extra}
     try:
         yield
@@ -169,11 +181,12 @@ def check_model(model: onnx.ModelProto, source: str = "model") -> None:
 
 
 def import_onnx(model: onnx.ModelProto, lanes: int, batch: int = 1, source: str = "model",
-                conv=kernels) -> tvm.IRModule:
+                conv=kernels, pixel_lanes: bool = False) -> tvm.IRModule:
     """Relax IRModule of a converted model, the graph inputs' symbolic batch fixed to `batch`.
 
     `lanes` is the schedule's weight block width (conv_lanes of the target's schedule module), `conv` the
-    module with BinaryConv2d's compute (sdbnn_deploy.tvm.conv_kernels of the target).
+    module with BinaryConv2d's compute (sdbnn_deploy.tvm.conv_kernels of the target), `pixel_lanes` the
+    target's param of that name (conv_module).
     """
     check_model(model, source)
     initializers = {t.name for t in model.graph.initializer}
@@ -186,5 +199,5 @@ def import_onnx(model: onnx.ModelProto, lanes: int, batch: int = 1, source: str 
         if any(d is None for d in shape[1:]):
             raise UserError(f"{source}: input {value.name} has dynamic dimensions {shape}; only the batch may be")
         shapes[value.name] = [batch] + shape[1:] if shape and shape[0] is None else shape
-    with sdbnn_ops_registered(lanes, conv):
+    with sdbnn_ops_registered(lanes, conv, pixel_lanes):
         return relax.frontend.onnx.from_onnx(model, shape_dict=shapes)

@@ -37,6 +37,10 @@ Params read here (defaults in DEFAULTS; sdbnn_deploy.tune measures and stores th
                   from the workspace too). One core, ResNet-18's bits convs 128->128 16x16 16.8 ->
                   15.4 us, 64->128 s2 9.4 -> 8.9 us; its 64->64 32x32 took 21-29 us with "global"
                   from run to run, 21 us with "local": a search parameter (tile_scope_candidates)
+    pixel_lanes   read by the importer (relax_import.conv_module), not here: NCHW float ("affine") convs of
+                  1-2 input words emitted with output pixels in the lanes (kernels_pixels), scheduled by
+                  schedule_pixel_lanes, whose shape entries take tile_pixels (pixels, whole vectors),
+                  tile_blocks (output channels) and tile_scope
     shapes        per-layer-shape overrides {conv_key(...): {tile_pixels, tile_blocks, epilogue,
                   channel_parts, row_layout, tile_scope}} (another name is an error): the winners of the search
                   for the shapes it measured; other shapes use the values above
@@ -63,7 +67,7 @@ from tvm import s_tir
 from sdbnn_deploy.tvm import ScheduleParamError, largest_divisor
 
 DEFAULTS = {"lanes": 8, "accumulators": 16, "tile_pixels": 0, "tile_blocks": 0, "epilogue": "auto",
-            "channel_parts": 0, "row_layout": "pixels", "tile_scope": "local", "shapes": {}}
+            "channel_parts": 0, "row_layout": "pixels", "tile_scope": "local", "pixel_lanes": False, "shapes": {}}
 EPILOGUES = ("pixels", "row")
 ROW_LAYOUTS = ("pixels", "channels")
 NCHW_MODES = ("int", "affine")  # the output modes whose rows row_layout "channels" lays out
@@ -80,6 +84,8 @@ SERIAL_PAD_WORDS = 8192
 UNROLLED_WORDS = 3
 # Popcounted words below which a conv runs on one thread (serial_conv).
 SERIAL_CONV_WORDS = 65536
+# The default register tile of a pixel-lanes conv (schedule_pixel_lanes): vectors of pixels x channels.
+PIXEL_TILE = (1, 8)
 
 
 def _param(params, name):
@@ -116,7 +122,11 @@ def default_tile(width: int, blocks: int, accumulators: int):
 
 def conv_key(sch: s_tir.Schedule) -> str:
     """The shape key of a BinaryConv2d PrimFunc: padded input (H x W x words) > output (OH x OW x blocks),
-    kernel, output mode, e.g. "34x34x2>32x32x16:3x3:bits". The stride follows from these."""
+    kernel, output mode, e.g. "34x34x2>32x32x16:3x3:bits". The stride follows from these.
+    With pixel lanes (kernels_pixels): input (H x W x words, unpadded) > output (OH x OW x channels),
+    kernel, "affine-pixels", e.g. "32x32x1>32x32x64:3x3:affine-pixels"."""
+    if pixel_lanes(sch):
+        return _pixel_key(sch)
     pad = sch.get(sch.get_sblock("pad"))
     _, hp, wp, cw = (int(iv.dom.extent) for iv in pad.iter_vars)
     _, oh, ow, blocks, _, kh, kw, _ = (int(iv.dom.extent) for iv in sch.get(sch.get_sblock("popcount")).iter_vars)
@@ -209,6 +219,8 @@ def _parallel_rows(sch: s_tir.Schedule, block, count: int = 2):
 
 
 def schedule_binary_conv2d(sch: s_tir.Schedule, params) -> None:
+    if pixel_lanes(sch):
+        return schedule_pixel_lanes(sch, params)
     choice = conv_choice(sch, params)
     pad = sch.get_sblock("pad")
     counts = sch.get_sblock("popcount")
@@ -331,6 +343,77 @@ def _schedule_conv_output(sch: s_tir.Schedule, out) -> None:
             sch.unroll(loops[-2])
     elif _extent(sch, loops[-1]) > 1:
         sch.vectorize(loops[-1])
+
+
+def pixel_lanes(sch: s_tir.Schedule) -> bool:
+    """Whether the conv is kernels_pixels' (output pixels in the lanes): its "pad" stage has 5 axes
+    (n, row, word, stride phase, column), kernels' has 4."""
+    return len(sch.get(sch.get_sblock("pad")).iter_vars) == 5
+
+
+def _pixel_key(sch: s_tir.Schedule) -> str:
+    _, h, w, cw = (int(d) for d in sch.mod["main"].params[0].shape)
+    _, cout, oh, ow = (int(iv.dom.extent) for iv in sch.get(sch.get_sblock("output")).iter_vars)
+    _, _, _, _, kh, kw, _ = (int(iv.dom.extent) for iv in sch.get(sch.get_sblock("popcount")).iter_vars)
+    return f"{h}x{w}x{cw}>{oh}x{ow}x{cout}:{kh}x{kw}:affine-pixels"
+
+
+def pixel_choice(sch: s_tir.Schedule, params) -> dict:
+    """tile_pixels (output pixels, whole vectors of lanes), tile_blocks (here: output CHANNELS) and
+    tile_scope of a pixel-lanes conv: its `shapes` entry, else PIXEL_TILE; a tile that does not divide
+    the extents falls back to PIXEL_TILE's largest divisors."""
+    entry = (_param(params, "shapes") or {}).get(conv_key(sch), {})
+    unknown = sorted(set(entry) - {"tile_pixels", "tile_blocks", "tile_scope"})
+    if unknown:
+        raise ScheduleParamError(f"schedule_x86: shapes.{conv_key(sch)}: unknown parameters {unknown} for a "
+                                 "pixel-lanes conv; known: ['tile_pixels', 'tile_blocks', 'tile_scope']")
+    lanes = conv_lanes(params)
+    _, cout, _, width, *_ = (_extent(sch, loop) for loop in sch.get_loops(sch.get_sblock("popcount")))
+    vectors, channels = int(entry.get("tile_pixels", PIXEL_TILE[0] * lanes)) // lanes, int(entry.get("tile_blocks", 0))
+    if vectors <= 0 or (width // lanes) % vectors:
+        vectors = largest_divisor(width // lanes, PIXEL_TILE[0])
+    if channels <= 0 or cout % channels:
+        channels = largest_divisor(cout, PIXEL_TILE[1])
+    scope = entry.get("tile_scope", "local")
+    if scope not in TILE_SCOPES:
+        raise ScheduleParamError(f"schedule_x86: {conv_key(sch)}: tile_scope must be one of {TILE_SCOPES}, "
+                                 f"not {scope!r}")
+    return {"tile_pixels": vectors * lanes, "tile_blocks": channels, "tile_scope": scope}
+
+
+def schedule_pixel_lanes(sch: s_tir.Schedule, params) -> None:
+    """A conv of kernels_pixels (output pixels in the lanes, NCHW float output).
+
+    Per row (batch x output row; in parallel unless serial_conv) and tile of tile_pixels pixels x
+    tile_blocks channels: the reduction (kh, then kw and the input words, unrolled) outside the tile,
+    each input vector of pixels XORed with one broadcast weight word per channel (LLVM folds the
+    broadcast into vpxorq's memory operand); then, still in the tile's registers, y = offsets - 2*count
+    in floats, * scale + bias, stored as a piece of each channel's output row. One core, AVX-512,
+    against the channel-lane conv with its tuned entry: ResNet-18's 64->64 32x32 affine 24.2 -> 16.7 us,
+    Bi-Real's 64->64 56x56 65.4 -> 50.4 us, VGG-Small dynamic's 128->256 16x16 39.6 -> 29.1 us."""
+    choice = pixel_choice(sch, params)
+    lanes = conv_lanes(params)
+    pad, counts, conv, out = (sch.get_sblock(name) for name in ("pad", "popcount", "conv", "output"))
+    _schedule_pad(sch, pad)
+    n, o, y, x, r, s, k = sch.get_loops(counts)
+    xo, xi, xv = sch.split(x, [None, choice["tile_pixels"] // lanes, lanes])
+    oo, oi = sch.split(o, [None, choice["tile_blocks"]])
+    sch.reorder(n, y, oo, xo, r, s, k, oi, xi, xv)
+    rows = sch.fuse(n, y)
+    if not serial_conv(sch):
+        sch.parallel(rows)
+    for loop in (s, k, oi, xi):
+        sch.unroll(loop)
+    sch.vectorize(xv)
+    sch.set_scope(counts, 0, choice["tile_scope"])
+    sch.compute_inline(conv)
+    sch.reverse_compute_at(out, xo)
+    sch.decompose_reduction(counts, r)
+    *_, channels, pixels = sch.get_loops(out)
+    sch.unroll(channels)
+    vectors, lane = sch.split(pixels, [None, lanes])
+    sch.unroll(vectors)
+    sch.vectorize(lane)
 
 
 def schedule_binarize_pack(sch: s_tir.Schedule, params) -> None:

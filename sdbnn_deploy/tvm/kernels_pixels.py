@@ -1,0 +1,100 @@
+"""BinaryConv2d with output PIXELS in the vector lanes, for NCHW float outputs ("affine") on x86.
+
+The same rule as kernels.binary_conv2d (y = Cin*kh*kw - 2*popcount - correction, then y * scale + bias in
+float32 with two roundings) and the same two functions (prepare_conv_weights, binary_conv2d), so that
+the importer can emit either. What differs is what shares a vector: kernels puts V output CHANNELS of one
+pixel in the lanes, so an NCHW output transposes every tile (as costly as the popcounts of a conv with one
+or two input words per tap); here V consecutive output PIXELS of one channel share a vector, which is a
+piece of the output row as it is stored:
+
+- stage "pad" lays the padded input out word-planar per stride phase, xp[n, row, k, p, j] = input word k
+  at padded column j*sw + p, so that the words of output pixels x .. x+V-1 at tap (r, s) are one
+  contiguous run xp[n, y*sh + r, k, s % sw, x + s // sw + 0 .. V-1] for any stride; zero on the padding
+  and past the input (bit 0 = +1, undone by the correction as in kernels);
+- the weights stay as the ONNX node holds them, (Cout, kh, kw, Cw) uint64: one word is broadcast
+  against V pixels;
+- the output width is padded to whole vectors (OWp, a multiple of V): the columns past OW are computed
+  and never stored;
+- the correction varies along the lanes (the padded taps of each column), so it is laid out per column,
+  already subtracted from the taps: offsets[row class][channel][column] = Cin*kh*kw - correction as
+  float32 (OWp columns), so that y = offsets - 2*count is one multiply-subtract of floats per vector, exact
+  (every value is an integer below 2**24), then y * scale + bias as kernels computes it.
+"""
+import numpy as np
+from tvm import te, tirx
+
+from sdbnn_deploy.tvm import kernels
+from sdbnn_deploy.tvm.kernels import border_bounds, border_class
+
+MODES = ("affine",)
+# Input words per pixel up to which a conv is emitted with pixel lanes (applies): with more, the channel
+# lanes' transposition of the tile is small against the popcounts (Bi-Real-18's 256->256 14x14: 80%).
+MAX_WORDS = 2
+
+
+def applies(mode: str, words: int, out_width: int, lanes: int) -> bool:
+    """Whether a conv with ONNX `mode`, `words` input words per pixel and output width `out_width` gets
+    pixel lanes (where the target asks for them): "affine" outputs (NCHW floats) of at most MAX_WORDS
+    words, the output width a whole number of vectors (a partial last vector made the output stage a
+    separate pass with a guard per value: Bi-Real-18's 128->128 28x28 53 -> 84 us)."""
+    return mode in MODES and words <= MAX_WORDS and out_width % lanes == 0
+
+
+def padded_width(out_width: int, lanes: int) -> int:
+    """OWp: the output width rounded up to whole vectors of `lanes` pixels."""
+    return -(-out_width // lanes) * lanes
+
+
+def prepare_conv_weights(w: np.ndarray, in_channels: int, in_hw, pads, strides, lanes: int):
+    """Packed weights (Cout,kh,kw,Cw) -> (the same words as uint64, offsets (row classes, Cout, OWp)).
+
+    offsets[a, o, x] = Cin*kh*kw - kernels' correction of row class a and the class of column x (the sum
+    of the +-1 weights of output channel o on the padded taps), float32; columns past OW repeat the last
+    column's."""
+    w = np.ascontiguousarray(w, dtype=np.uint64)
+    _, per_class = kernels.prepare_conv_weights(w, in_channels, in_hw, pads, strides, 1)  # (R, C, Cout)
+    kw, sw, pw = w.shape[2], strides[1], pads[1]
+    ow, top, bottom = border_bounds(in_hw[1], kw, sw, pw)
+    columns = np.minimum(np.arange(padded_width(ow, lanes)), ow - 1)
+    classes = border_class(columns, top, bottom, np.minimum, np.maximum)
+    taps = in_channels * w.shape[1] * kw
+    return w, np.ascontiguousarray((taps - per_class[:, classes, :].transpose(0, 2, 1)).astype(np.float32))
+
+
+def binary_conv2d(x: te.Tensor, weights: te.Tensor, offsets: te.Tensor, *extra: te.Tensor,
+                  in_channels: int, out_channels: int, strides, pads, mode: str) -> te.Tensor:
+    """BinaryConv2d of packed words x (N,H,W,Cw) with weights and offsets from prepare_conv_weights;
+    mode "affine" (extra: scale, bias), the output NCHW float32."""
+    if mode not in MODES:
+        raise ValueError(f"BinaryConv2d with pixel lanes has modes {MODES}, not {mode!r}")
+    n, h, w, cw = (int(d) for d in x.shape)
+    cout, kh, kw, _ = (int(d) for d in weights.shape)
+    _, _, owp = (int(d) for d in offsets.shape)
+    sh, sw = strides
+    ph, pw = pads
+    oh, top, bottom = border_bounds(h, kh, sh, ph)
+    ow, _, _ = border_bounds(w, kw, sw, pw)
+    span = owp + (kw - 1) // sw  # columns j of one phase that the padded output width reads
+
+    def padded(i, row, k, p, j):
+        y, xx = row - ph, j * sw + p - pw
+        inside = tirx.all(y >= 0, y < h, xx >= 0, xx < w)
+        return tirx.if_then_else(inside, x[i, y, xx, k], kernels._u64(0))
+
+    xp = te.compute((n, h + 2 * ph, cw, sw, span), padded, name="pad")
+    r, s, k = te.reduce_axis((0, kh), name="r"), te.reduce_axis((0, kw), name="s"), te.reduce_axis((0, cw), name="k")
+    counts = te.compute(
+        (n, cout, oh, owp),
+        lambda i, o, y, xx: te.sum(tirx.popcount(xp[i, y * sh + r, k, s % sw, xx + s // sw] ^ weights[o, r, s, k]),
+                                   axis=[r, s, k]),
+        name="popcount")
+    two = tirx.const(2, "float32")
+    conv = te.compute(
+        (n, cout, oh, owp),
+        lambda i, o, y, xx: offsets[border_class(y, top, bottom, tirx.min, tirx.max), o, xx]
+        - two * counts[i, o, y, xx].astype("float32"),
+        name="conv")
+    scale, bias = extra
+    return te.compute((n, out_channels, oh, ow),
+                      lambda i, o, y, xx: kernels._rounded(conv[i, o, y, xx] * scale[o]) + bias[o],
+                      name="output")

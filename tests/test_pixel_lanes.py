@@ -1,0 +1,134 @@
+"""BinaryConv2d with output pixels in the vector lanes (kernels_pixels, schedule_x86.schedule_pixel_lanes):
+bit-exact against the numpy reference, chosen by the importer only where it applies, tunable."""
+import numpy as np
+import pytest
+import tvm
+
+from sdbnn_deploy import tune
+from sdbnn_deploy.ops import binary_conv2d
+from sdbnn_deploy.targets import get_target
+from sdbnn_deploy.tvm import OP_ATTR, ScheduleParamError, kernels, kernels_pixels, schedule_x86
+from sdbnn_deploy.tvm.relax_import import conv_module, import_onnx
+from test_tvm_kernels import HOST, RUNNABLE, build, conv_case, placeholders, run
+
+# (Cin, Cout, k, stride, pad, H, W, mode, N): Cin of one and two words (and one not a multiple of 64),
+# strides 1 and 2 (a stride-2 input of odd width), pads 0 and 1, output widths 8 and 16 (whole vectors)
+# and 28 and 7 (a partial last vector), Cout not a multiple of the tile's 8 channels, batch 2, 1x1 kernels.
+CASES = [
+    (64, 16, 3, 1, 1, 8, 8, "affine", 1),
+    (128, 12, 3, 1, 1, 16, 16, "affine", 2),
+    (64, 24, 3, 2, 1, 32, 32, "affine", 1),
+    (70, 10, 3, 2, 0, 17, 17, "affine", 1),
+    (128, 8, 1, 1, 0, 8, 8, "affine", 1),
+    (64, 9, 3, 1, 1, 28, 28, "affine", 1),
+    (100, 8, 3, 2, 1, 14, 13, "affine", 2),
+]
+
+
+def pixel_conv(rng, case, lanes):
+    """(arrays, output tensor, placeholders, reference) of one case with kernels_pixels."""
+    cin, cout, k, stride, pad, h, w, mode, n = case
+    x, wt, extra, attrs = conv_case(rng, *case)
+    weights, offsets = kernels_pixels.prepare_conv_weights(wt, cin, (h, w), (pad, pad), (stride, stride), lanes)
+    arrays = [x, weights, offsets] + extra
+    tensors = placeholders(arrays, ["x", "weights", "offsets", "scale", "bias"])
+    output = kernels_pixels.binary_conv2d(*tensors, in_channels=cin, out_channels=cout, strides=attrs["strides"],
+                                          pads=attrs["pads"], mode=mode)
+    return arrays, output, tensors, binary_conv2d.reference(x, wt, *extra, mode=mode, **attrs)
+
+
+@pytest.mark.parametrize("target", ["x86-avx512", "x86-avx2"])
+@pytest.mark.parametrize("case", CASES, ids=[f"cin{c[0]}-cout{c[1]}-k{c[2]}-s{c[3]}-p{c[4]}-{c[5]}x{c[6]}-n{c[8]}"
+                                             for c in CASES])
+def test_pixel_lanes_match_the_reference(case, target):
+    if not RUNNABLE[target]:
+        pytest.fail(f"this x86-64 host cannot run {target}: the pixel-lanes tests need AVX2")
+    lanes = schedule_x86.conv_lanes(get_target(target).params)
+    arrays, output, tensors, want = pixel_conv(np.random.default_rng(len(case)), case, lanes)
+    got = run(build("BinaryConv2d", output, tensors, target), arrays, want)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("entry", [{"tile_pixels": 16, "tile_blocks": 4}, {"tile_pixels": 8, "tile_blocks": 2,
+                                                                           "tile_scope": "global"},
+                                   {"tile_pixels": 24, "tile_blocks": 5}])
+def test_pixel_lanes_shape_entries_are_exact(entry):
+    """A shape entry's tile (and one that does not divide the extents: the default is used) gives the
+    same bits; the entry is found under the pixel-lanes key."""
+    case = (64, 8, 3, 1, 1, 16, 16, "affine", 1)
+    spec = get_target("x86-avx512")
+    arrays, output, tensors, want = pixel_conv(np.random.default_rng(3), case, 8)
+    func = tvm.te.create_prim_func(tensors + [output])
+    key = schedule_x86.conv_key(tvm.s_tir.Schedule(func))
+    assert key == "16x16x1>16x16x8:3x3:affine-pixels"
+    params = {**spec.params, "shapes": {key: entry}}
+    choice = schedule_x86.pixel_choice(tvm.s_tir.Schedule(func), params)
+    fits = 16 % entry["tile_pixels"] == 0 and 8 % entry["tile_blocks"] == 0
+    assert (choice["tile_pixels"], choice["tile_blocks"]) == ((entry["tile_pixels"], entry["tile_blocks"]) if fits
+                                                              else (8, 8))
+    sch = tvm.s_tir.Schedule(func)
+    schedule_x86.schedule_binary_conv2d(sch, params)
+    lib = tvm.compile(sch.mod["main"].with_attr("global_symbol", "main"), target=tvm.target.Target(spec.tvm_target))
+    np.testing.assert_array_equal(run(lib, arrays, want), want)
+
+
+def test_pixel_lanes_reject_channel_lane_params():
+    case = (64, 8, 3, 1, 1, 8, 8, "affine", 1)
+    _, output, tensors, _ = pixel_conv(np.random.default_rng(0), case, 8)
+    sch = tvm.s_tir.Schedule(tvm.te.create_prim_func(tensors + [output]))
+    params = {"shapes": {"8x8x1>8x8x8:3x3:affine-pixels": {"epilogue": "row"}}}
+    with pytest.raises(ScheduleParamError, match="unknown parameters \\['epilogue'\\] for a pixel-lanes conv"):
+        schedule_x86.schedule_binary_conv2d(sch, params)
+
+
+@pytest.mark.parametrize("mode,words,width,lanes,pixels,chosen", [
+    ("affine", 1, 32, 8, True, True),
+    ("affine", 2, 8, 8, True, True),
+    ("affine", 3, 32, 8, True, False),   # 3 words: the channel lanes' transposition is small against the popcounts
+    ("affine", 1, 28, 8, True, False),   # a partial last vector
+    ("affine", 1, 28, 4, True, True),
+    ("bits", 1, 32, 8, True, False),     # NHWC words: channel lanes
+    ("int", 1, 32, 8, True, False),
+    ("affine", 1, 32, 8, False, False),  # the target does not ask for pixel lanes
+])
+def test_conv_module_rule(mode, words, width, lanes, pixels, chosen):
+    assert (conv_module(kernels, mode, words, width, lanes, pixels) is kernels_pixels) == chosen
+
+
+def test_importer_emits_pixel_lanes_where_the_target_asks():
+    """ResNet-18 (CIFAR) on x86-avx512 (pixel_lanes = true): its affine convs of 64 and 128 channels are
+    pixel-lane PrimFuncs, the others not; with pixel_lanes off none is."""
+    from sdbnn_deploy.bench import random_model
+    from sdbnn_deploy.convert import convert
+
+    model = convert(random_model("resnet18", "static"), input_shape=[3, 32, 32], probe_batch=1).onnx_model
+    assert get_target("x86-avx512").params["pixel_lanes"] is True
+
+    def pixel_funcs(on):
+        mod = import_onnx(model, lanes=8, conv=kernels, pixel_lanes=on)
+        convs = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None
+                 and str(f.attrs.get(OP_ATTR, "")) == "BinaryConv2d"]
+        return convs, [f for f in convs if schedule_x86.pixel_lanes(tvm.s_tir.Schedule(f))]
+
+    convs, on = pixel_funcs(True)
+    assert on and len(on) < len(convs)
+    for func in on:
+        assert schedule_x86.conv_key(tvm.s_tir.Schedule(func)).endswith(":affine-pixels")
+    assert pixel_funcs(False)[1] == []
+
+
+def test_tune_measures_pixel_lane_tiles():
+    """compile --tune's search on a pixel-lanes conv: every candidate is a pixel tile and gives the same
+    bits as the default (tune_primfunc raises otherwise)."""
+    spec = get_target(HOST)
+    if not spec.params.get("pixel_lanes"):
+        pytest.fail(f"this host's x86 target {HOST} has no pixel_lanes: the test needs AVX-512 VPOPCNTDQ")
+    func = tune.conv_primfunc(64, 16, 3, 1, 1, 16, "affine", 8, pixels=True)
+    sch = tvm.s_tir.Schedule(func)
+    assert schedule_x86.pixel_lanes(sch)
+    tried = tune.candidates(sch, tune._global(spec.params))
+    assert tried and all(set(c) <= {"tile_pixels", "tile_blocks", "tile_scope"} for c in tried)
+    assert {"tile_scope": "global"}.items() <= max(tried, key=len).items()
+    result = tune.tune_primfunc(func, spec, tune.Measure(tune.measuring_session(spec), spec, "."), rounds=1)
+    assert result.key == "16x16x1>16x16x16:3x3:affine-pixels" and result.params in tried
