@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import tvm
 import tvm_ffi
-from tvm import relax
+from tvm import relax, te
 
 from conftest import conv_case
 from sdbnn_deploy import aarch64, asm_count
 from sdbnn_deploy.ops import binary_conv2d
 from sdbnn_deploy.targets import get_target
-from sdbnn_deploy.tvm import OP_ATTR, apply_schedules, conv_kernels, kernels_arm, schedule_arm
+from sdbnn_deploy.tvm import OP_ATTR, apply_schedules, conv_kernels, kernels, kernels_arm, schedule_arm
 
 RPI4 = get_target("rpi4")
 MAX_INSTRUCTIONS_PER_128 = 3.5
@@ -100,6 +100,26 @@ def test_uint16_lanes_never_see_more_than_65535_bits():
     assert kernels_arm.chunking(3, 3, 455)[0] == "quads"  # 9 * 455 * 16 = 65520
     with pytest.raises(ValueError, match="overflows uint16"):
         kernels_arm.chunking(3, 3, 456)
+
+
+def test_offsets_are_the_taps_less_the_word_lanes_correction():
+    """kernels_arm lays out Cin*kh*kw - kernels' correction (y = offset - 2*count), per border class and
+    channel, padded channels included."""
+    _, wt, _ = conv_case(0, 1, 80, 5, 7, 70, 3, 2, 1, "int")
+    args = (80, (5, 7), (1, 1), (2, 2), 4)
+    _, correction = kernels.prepare_conv_weights(wt, *args)
+    _, offsets = kernels_arm.prepare_conv_weights(wt, *args)
+    assert offsets.dtype == np.int32
+    np.testing.assert_array_equal(offsets, 80 * 9 - correction)
+
+
+def test_bits_limits_takes_no_offsets():
+    """The count limits of "bits_limits" are not offsets: the output stage refuses the pair."""
+    counts = te.placeholder((1, 4, 4, 1, 4), "uint8", "counts")
+    limits = te.placeholder((3, 3, 4), "int32", "limits")
+    with pytest.raises(ValueError, match="count limits, not offsets"):
+        kernels.conv_output_stage(counts, limits, in_channels=64, out_channels=4, in_hw=(4, 4), kernel=(3, 3),
+                                  strides=(1, 1), pads=(1, 1), mode="bits_limits", offsets=True)
 
 
 def test_a_tile_of_fewer_channels_keeps_whole_blocks_where_a_tree_sums_them():

@@ -164,10 +164,13 @@ def binary_conv2d(x: te.Tensor, weights: te.Tensor, correction: te.Tensor, *extr
 
 
 def conv_output_stage(counts: te.Tensor, correction: te.Tensor, *extra: te.Tensor, in_channels: int,
-                      out_channels: int, in_hw, kernel, strides, pads, mode: str) -> te.Tensor:
+                      out_channels: int, in_hw, kernel, strides, pads, mode: str,
+                      offsets: bool = False) -> te.Tensor:
     """Stages "conv" and "output" of BinaryConv2d from counts (N, OH, OW, blocks, lanes), the popcount of
     (input XOR weights) of every output in any unsigned dtype: y = taps - 2*count - correction, then the
-    output of `mode` (see binary_conv2d).
+    output of `mode` (see binary_conv2d). With `offsets` the correction array holds taps - correction
+    (kernels_arm lays it out so), and y = offset - 2*count: one subtraction and one constant fewer per
+    output vector in the tile. Not with "bits_limits", whose array holds count limits.
 
     For "bits" the "conv" stage gives y - threshold, in the vectors of its lanes, so that the output stage
     compares with 0: comparing with thresholds[o] there, LLVM kept the 64 thresholds of a word as scalars
@@ -191,6 +194,8 @@ def conv_output_stage(counts: te.Tensor, correction: te.Tensor, *extra: te.Tenso
     taps = in_channels * kh * kw
     if mode == "bits_limits" and WORD_BITS % lanes:
         raise ValueError(f"BinaryConv2d mode 'bits_limits' needs lanes that divide {WORD_BITS}, not {lanes}")
+    if mode == "bits_limits" and offsets:
+        raise ValueError("BinaryConv2d mode 'bits_limits' takes count limits, not offsets")
 
     def conv(i, y, xx, b, v):
         corr = correction[border_class(y, top_h, bot_h, tirx.min, tirx.max),
@@ -202,7 +207,10 @@ def conv_output_stage(counts: te.Tensor, correction: te.Tensor, *extra: te.Tenso
                                _u64(1) << place.astype("uint64"), _u64(0))
         if mode == "bits":  # y - threshold: the output stage then only tests signs (see below)
             threshold = extra[0][tirx.min(b * lanes + v, out_channels - 1)]
-            corr = corr + tirx.max(tirx.min(threshold, taps + 1), -taps - 1)
+            clamped = tirx.max(tirx.min(threshold, taps + 1), -taps - 1)
+            corr = corr - clamped if offsets else corr + clamped
+        if offsets:
+            return corr - 2 * counts[i, y, xx, b, v].astype("int32")
         return taps - 2 * counts[i, y, xx, b, v].astype("int32") - corr
 
     y_blocked = te.compute((n, oh, ow, blocks, lanes), conv, name="conv")
