@@ -32,7 +32,9 @@ except a long mean and a constant-weight matmul on x86 (partial sums in vector l
 see _plain_reduction and float_matmul.py).
 A block whose schedule TVM refuses is left as it was.
 The first rewrite before legalisation, fuse_se_block, makes a dynamic-ASD conv's SE block one kernel and
-lets it and the BinarizePack read the conv's output before its hardtanh (se_block.py).
+lets it and the BinarizePack read the conv's output before its hardtanh (se_block.py); between FuseOps and
+FuseTIR, merge_se_into_producer puts that kernel into the fused add and hardtanh that write its input,
+whose sum sum_in_producer then computes inside the producer's loops (se_block.py).
 """
 import tvm
 from tvm import s_tir
@@ -40,7 +42,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 from tvm.s_tir.dlight import normalize_prim_func
 
 from sdbnn_deploy.tvm import OP_ATTR
-from sdbnn_deploy.tvm.se_block import fuse_se_block
+from sdbnn_deploy.tvm.se_block import fuse_se_block, merge_se_into_producer, sum_in_producer
 from sdbnn_deploy.tvm.batchnorm_affine import batchnorm_as_affine
 from sdbnn_deploy.tvm.float_conv import (MIN_PARALLEL_WORK, float_lanes, linear_coefficient, schedule_conv_function,
                                          weights_to_hwio)
@@ -60,13 +62,19 @@ def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
         passes = (cpu_pipeline.library_dispatch_passes(target) + [fuse_se_block()]
                   + [max_pool_before_cast(), pool_channels_last(), batchnorm_as_affine(), weights_to_hwio(target),
                      matmul_weights_nk(target)]
-                  + cpu_pipeline.legalize_passes(target)
+                  + _with_se_merge(cpu_pipeline.legalize_passes(target))
                   + [schedule_float_ops()] + cpu_pipeline.dataflow_lower_passes(target)
                   + cpu_pipeline.finalize_passes(target))
         with target:
             return tvm.transform.Sequential(passes)(mod)
 
     return _pipeline
+
+
+def _with_se_merge(passes: list) -> list:
+    """TVM's legalisation passes with merge_se_into_producer between FuseOps and FuseTIR."""
+    at = next(i for i, p in enumerate(passes) if p.info.name == "FuseTIR")
+    return passes[:at] + [merge_se_into_producer()] + passes[at:]
 
 
 def schedule_float_ops() -> tvm.transform.Pass:
@@ -98,7 +106,11 @@ def schedule_float_primfunc(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
         return func
     if not infos:
         return func
-    for info in _inline_elementwise(sch, infos):
+    left = _inline_elementwise(sch, infos)
+    done, sch = _se_sum_in_producer(sch, lanes)
+    for info in left:
+        if sch.get(info.block_rv).name_hint in done:
+            continue
         trial = sch.copy()
         try:
             _schedule_block(trial, info, lanes)
@@ -106,6 +118,17 @@ def schedule_float_primfunc(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
             continue
         sch = trial
     return sch.mod["main"]
+
+
+def _se_sum_in_producer(sch: s_tir.Schedule, lanes: int | None):
+    """sum_in_producer (se_block.py) tried on a copy of sch: (the names of the blocks it scheduled, the
+    schedule to go on with); nothing and sch where it does not apply or TVM refuses it."""
+    trial = sch.copy()
+    try:
+        done = sum_in_producer(trial, lanes, MIN_PARALLEL_WORK) if lanes else set()
+    except (s_tir.ScheduleError, RuntimeError, ValueError):
+        return set(), sch
+    return (done, trial) if done else (set(), sch)
 
 
 def _inline_elementwise(sch: s_tir.Schedule, infos: list) -> list:
