@@ -163,14 +163,23 @@ def binary_conv2d(x: te.Tensor, weights: te.Tensor, correction: te.Tensor, *extr
                              in_hw=(h, w), kernel=(kh, kw), strides=strides, pads=pads, mode=mode)
 
 
+def _clamped_threshold(thresholds: te.Tensor, o, out_channels: int, taps: int):
+    """thresholds[o] clamped to [-taps-1, taps+1] (see conv_output_stage); lanes past Cout read the last."""
+    return tirx.max(tirx.min(thresholds[tirx.min(o, out_channels - 1)], taps + 1), -taps - 1)
+
+
 def conv_output_stage(counts: te.Tensor, correction: te.Tensor, *extra: te.Tensor, in_channels: int,
                       out_channels: int, in_hw, kernel, strides, pads, mode: str,
                       offsets: bool = False) -> te.Tensor:
     """Stages "conv" and "output" of BinaryConv2d from counts (N, OH, OW, blocks, lanes), the popcount of
     (input XOR weights) of every output in any unsigned dtype: y = taps - 2*count - correction, then the
-    output of `mode` (see binary_conv2d). With `offsets` the correction array holds taps - correction
-    (kernels_arm lays it out so), and y = offset - 2*count: one subtraction and one constant fewer per
-    output vector in the tile. Not with "bits_limits", whose array holds count limits.
+    output of `mode` (see binary_conv2d). With `offsets` (kernels_arm's form) the correction array holds
+    taps - correction and the counts hold twice the popcount: y = offset - counts, one subtraction and one
+    constant fewer per output vector in the tile, and the doubling where it is free (kernels_arm's pixel
+    tree: a widening multiply, which LLVM merges with the subtraction into `umlsl`); for "bits" a stage
+    "offsets_bits" subtracts the clamped thresholds from the offsets once per call (in the tile, their
+    loads and clamps took 7 instructions of a Cin 128 tile's 266). Not with "bits_limits", whose array
+    holds count limits.
 
     For "bits" the "conv" stage gives y - threshold, in the vectors of its lanes, so that the output stage
     compares with 0: comparing with thresholds[o] there, LLVM kept the 64 thresholds of a word as scalars
@@ -196,6 +205,9 @@ def conv_output_stage(counts: te.Tensor, correction: te.Tensor, *extra: te.Tenso
         raise ValueError(f"BinaryConv2d mode 'bits_limits' needs lanes that divide {WORD_BITS}, not {lanes}")
     if mode == "bits_limits" and offsets:
         raise ValueError("BinaryConv2d mode 'bits_limits' takes count limits, not offsets")
+    if mode == "bits" and offsets:  # the thresholds subtracted from the offsets once per call, not per tile
+        correction = te.compute(correction.shape, lambda a, c, o: correction[a, c, o] - _clamped_threshold(
+            extra[0], o, out_channels, taps), name="offsets_bits")
 
     def conv(i, y, xx, b, v):
         corr = correction[border_class(y, top_h, bot_h, tirx.min, tirx.max),
@@ -205,12 +217,10 @@ def conv_output_stage(counts: te.Tensor, correction: te.Tensor, *extra: te.Tenso
             place = (b % (WORD_BITS // lanes)) * lanes + v
             return tirx.Select(counts[i, y, xx, b, v].astype(wide) > corr.astype(wide),
                                _u64(1) << place.astype("uint64"), _u64(0))
-        if mode == "bits":  # y - threshold: the output stage then only tests signs (see below)
-            threshold = extra[0][tirx.min(b * lanes + v, out_channels - 1)]
-            clamped = tirx.max(tirx.min(threshold, taps + 1), -taps - 1)
-            corr = corr - clamped if offsets else corr + clamped
+        if mode == "bits" and not offsets:  # y - threshold: the output stage then only tests signs (see below)
+            corr = corr + _clamped_threshold(extra[0], b * lanes + v, out_channels, taps)
         if offsets:
-            return corr - 2 * counts[i, y, xx, b, v].astype("int32")
+            return corr - counts[i, y, xx, b, v].astype("int32")
         return taps - 2 * counts[i, y, xx, b, v].astype("int32") - corr
 
     y_blocked = te.compute((n, oh, ow, blocks, lanes), conv, name="conv")

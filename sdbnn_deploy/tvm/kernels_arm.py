@@ -4,9 +4,10 @@ The same rule as kernels.binary_conv2d (y = Cin*kh*kw - 2*popcount - correction,
 shared through kernels.conv_output_stage), the same two functions with the same signatures
 (prepare_conv_weights, binary_conv2d), so the importer can use either module. What differs is how the
 popcount is accumulated, so that LLVM emits `eor`, `cnt .16b` and `add .16b` and nothing else per 16 bytes,
-and that the correction comes already subtracted from the taps (offsets = Cin*kh*kw - correction, y =
-offset - 2*popcount): in a Cin 64 3x3 conv's tile loop that saved 9 of 262 instructions (the taps' vector
-and one subtraction per pixel; the freed register ended 7 reloads of spilled inputs; rpi4 artifact):
+and that the correction comes already subtracted from the taps (offsets = Cin*kh*kw - correction) and the
+counts doubled (stage "popcount" holds 2*popcount), so that y = offset - counts (kernels.conv_output_stage
+with offsets): in a Cin 64 3x3 conv's tile loop that saved 10 of 262 instructions (the taps' vector and
+two instructions per pixel; the freed register ended 7 reloads of spilled inputs; rpi4 artifact):
 
 - a "quad" is 16 bytes = 2 consecutive uint64 words of one pixel (input) or one output channel (weights);
   the word count is padded to whole quads with zero words, which XOR to 0 and count nothing;
@@ -20,8 +21,8 @@ and one subtraction per pixel; the freed register ended 7 reloads of spilled inp
 - stage "widen" (only where there are several chunks) adds each chunk's 16 uint8 partial sums, in
   adjacent pairs, into 8 uint16 lanes: NEON `uadalp` (pairwise add and accumulate long), one instruction
   per output and chunk (16 uint16 lanes took `uaddw` + `uaddw2` per chunk and two `uaddlv` at the end);
-- stage "popcount" adds the lanes of each output into its count (int32) with one NEON `uaddlv`, the
-  across-lanes add, of 16 uint8 lanes ("popcount_bytes" where there is one chunk) or 8 uint16 lanes
+- stage "popcount" adds the lanes of each output into its count (int32, doubled) with one NEON `uaddlv`,
+  the across-lanes add, of 16 uint8 lanes ("popcount_bytes" where there is one chunk) or 8 uint16 lanes
   ("widen"). It is called as the LLVM intrinsic: written as TE sums of halves, LLVM made a chain of
   halvings, lane moves and widenings of about 12 instructions per output, which for a one-quad tap
   (Cin <= 128, 9 popcounts per output at 3x3) cost more than the popcounts' adds. Where there is one chunk
@@ -89,9 +90,10 @@ def _u8(value):
 
 
 def _across_lanes(lanes: te.Tensor, idx: tuple, count: int):
-    """int32 sum of lanes[idx + (0 .. count-1,)] (uint8 or uint16): one NEON `uaddlv`."""
+    """Twice the int32 sum of lanes[idx + (0 .. count-1,)] (uint8 or uint16): one NEON `uaddlv`, doubled
+    (stage "popcount" holds 2*popcount)."""
     bits = {"uint8": 8, "uint16": 16}[str(lanes.dtype)]
-    return _intrin("int32", f"uaddlv.i32.v{count}i{bits}", lanes[idx + (tirx.Ramp(0, 1, count),)])
+    return 2 * _intrin("int32", f"uaddlv.i32.v{count}i{bits}", lanes[idx + (tirx.Ramp(0, 1, count),)])
 
 
 def _byte_pair(part: te.Tensor, idx: tuple, lane):
@@ -108,14 +110,19 @@ def _pixel_tree(part: te.Tensor, idx: tuple, v):
     """int32 sum of the 16 byte lanes of part[idx + (v,)], one of the TREE_LANES channels of a weight
     block at one pixel, taken from a pairwise tree over all of them: `addp .16b` of channels 0,1 and 2,3
     (the caller makes sure a doubled byte cannot wrap), `uaddlp .8h` of each, `addp .8h` of the two, then
-    `uaddlp .4s` leaves the 4 counts in one register: 6 instructions, where one `uaddlv` per channel and
-    3 lane inserts to make the conv stage's vector took 7. The channels extract lanes of the same pure
-    calls, which LLVM computes once."""
+    `addp .8h` of that with itself leaves the 4 counts in the low 4 lanes of one register: 6 instructions,
+    where one `uaddlv` per channel and 3 lane inserts to make the conv stage's vector took 7. The count is
+    returned doubled, as a widening multiply by 2 (`umull`), which LLVM merges with the conv stage's
+    subtraction from the offsets into one `umlsl` (the last pairwise add and the doubling had been a
+    `uaddlp .4s` and an `add`). The channels extract lanes of the same pure calls, which LLVM computes
+    once."""
     a, b, c, d = (part[idx + (k, tirx.Ramp(0, 1, QUAD_BYTES))] for k in range(TREE_LANES))
     low = _intrin("uint16x8", "uaddlp.v8i16.v16i8", _intrin("uint8x16", "addp.v16i8", a, b))
     high = _intrin("uint16x8", "uaddlp.v8i16.v16i8", _intrin("uint8x16", "addp.v16i8", c, d))
     pairs = _intrin("uint16x8", "addp.v8i16", low, high)  # lanes 2v, 2v+1: halves of channel v's count
-    return tirx.Shuffle([_intrin("int32x4", "uaddlp.v4i32.v8i16", pairs)], [v])
+    counts = tirx.Shuffle([_intrin("uint16x8", "addp.v8i16", pairs, pairs)], list(range(TREE_LANES)))
+    doubled = _intrin("int32x4", "umull.v4i32", counts, tirx.Broadcast(tirx.const(2, "uint16"), TREE_LANES))
+    return tirx.Shuffle([doubled], [v])
 
 
 def _intrin(dtype: str, name: str, *args):

@@ -27,8 +27,9 @@ partial sums stay in registers while a chunk of the reduction (at most 31 quads)
 instructions per 128 bit-MACs (sdbnn_deploy.asm_count). After each chunk one `uadalp` adds the bytes in
 pairs into 8 uint16 lanes, at the end one `uaddlv` adds the lanes into the output's count (with one small
 chunk, a pixel's 4 counts come from one pairwise tree: kernels_arm._pixel_tree). With one chunk (Cin <= 128
-at 3x3) the tile loop is the innermost loop with `cnt` and holds the tile's end too: about 3.64-3.72
-instructions per 128 bit-MACs. Tried and dropped (rpi4, 2026-11): 4 x 4 tiles for Cin <= 256 and
+at 3x3) the tile loop is the innermost loop with `cnt` and holds the tile's end too: 3.50 instructions per
+128 bit-MACs (252 per 72 `cnt .16b`; stride 2: 3.53) since kernels_arm lays out offsets and doubles the
+counts (3.64-3.72 before). Tried and dropped (rpi4, 2026-11): 4 x 4 tiles for Cin <= 256 and
 7 x 2 tiles on rows of 7 lower that figure (3.31 and 3.55-3.62) only by leaving the tile's end outside the
 counted loop (scalar, about 5 instructions per output); counted under qemu (QEMU_LOG=in_asm,exec,nochain,
 executed blocks x their sizes) the whole conv does more per `cnt .16b`: 4.57 -> 4.88 (Cin 64, stride 1),
@@ -41,9 +42,9 @@ uadalp widening, 7 x 1 and 7 x 2 tiles on rows of 7 (Cin 512: 4.05 -> 4.29 and 4
 4.22 -> 4.23 and 4.30: the uint16 lanes of 7-14 outputs spill), "row" chunks for Cin 256 (4.22 ->
 4.44), the blocks' loop outside the pixel tiles' (the weights invariant instead of the inputs: Cin 64
 4.09 -> 4.22, Cin 256 stride 2 4.22 -> 4.51) and, for "bits", kernels' "bits_limits" (Cin 128: 4.03 ->
-4.07). With 8 accumulators a Cin <= 128 3x3 tile needs about 256 instructions per 72 `cnt .16b` (208 eor,
-cnt and add, 24 loads, 12 for the two pixel trees, 12 for the conv stage and the loop), 3.55: 3.5 needs a
-tile that LLVM does not keep in registers.
+4.07). With 8 accumulators a Cin <= 128 3x3 tile takes 252 instructions per 72 `cnt .16b`: 208 eor, cnt
+and add, 19 loads (18 ldp of weights, one spilled input), 14 for the two pixel trees and their `umlsl`
+(y = offset - 2*count), 11 for the offsets' loads, the constant 2 (movi), the stores and the loop.
 
 Without byte_lanes (kernels.binary_conv2d): one q register holds V = 2 uint64 weight words (two output
 channels); LLVM lowers the uint64 popcount to `cnt v.16b` and widens at every step (uaddlp .8h,
