@@ -88,9 +88,11 @@ def conv_primfunc(cin, cout, k, stride, pad, hw, mode, lanes: int, conv=kernels,
     words = np.zeros((cout, k, k, -(-cin // 64)), np.uint64)
     conv = conv_module(conv, mode, words.shape[3], border_bounds(hw, k, stride, pad)[0], lanes, pixels)
     blocked, correction = conv.prepare_conv_weights(words, cin, (hw, hw), (pad, pad), (stride, stride), lanes)
+    compute = compute_mode(mode, conv)
+    if compute == "bits_limits":  # the count limits, in the module's own layout and dtype
+        correction = conv.fold_thresholds(correction, np.zeros(cout, np.int32), cin * k * k)
     shapes = [((1, hw, hw, words.shape[3]), "uint64"), (blocked.shape, str(blocked.dtype)),
               (correction.shape, str(correction.dtype))]
-    compute = compute_mode(mode, conv)
     shapes += {"affine": [((cout,), "float32")] * 2, "bits": [((cout,), "int32")]}.get(compute, [])
     tensors = [te.placeholder(s, d, f"a{i}") for i, (s, d) in enumerate(shapes)]
     out = conv.binary_conv2d(*tensors, in_channels=cin, out_channels=cout, strides=(stride, stride),
@@ -114,7 +116,7 @@ def random_arguments(func: tvm.tirx.PrimFunc, seed: int = 0) -> tuple[list[np.nd
     for shape, dtype in inputs:
         if dtype == "uint64":
             arrays.append(rng.integers(0, 2**63, size=shape, dtype=np.uint64) * 2 + 1)
-        elif dtype in ("uint8", "int32"):
+        elif dtype in ("uint8", "int32", "int64"):
             low, high = (0, 256) if dtype == "uint8" else int_range
             arrays.append(rng.integers(low, high, size=shape).astype(dtype))
         else:
@@ -145,14 +147,15 @@ def candidates(sch, params: dict) -> list[dict]:
 def pixel_candidates(sch, params: dict) -> list[dict]:
     """The tiles to try for a pixel-lanes conv (schedule_x86.schedule_pixel_lanes): vectors of pixels x
     output channels with between half and all of the accumulators, in both tile scopes where they fit."""
-    _, cout, _, width, *_ = (int(sch.get(loop).extent) for loop in sch.get_loops(sch.get_sblock("popcount")))
     lanes = schedule_x86.conv_lanes(params)
+    vectors, channels = schedule_x86.pixel_tile_extents(sch, lanes)
     most = int(params.get("accumulators", schedule_x86.DEFAULTS["accumulators"]))
-    vectors = width // lanes
-    tiles = [(tv, tc) for tv in range(1, vectors + 1) for tc in range(1, cout + 1)
-             if vectors % tv == 0 and cout % tc == 0 and most // 2 <= tv * tc <= most]
-    tiles = tiles or [schedule_x86.PIXEL_TILE]
-    return [{"tile_pixels": tv * lanes, "tile_blocks": tc, **({"tile_scope": scope} if scope != "local" else {})}
+    tiles = [(tv, tc) for tv in range(1, vectors + 1) for tc in range(1, channels + 1)
+             if vectors % tv == 0 and channels % tc == 0 and most // 2 <= tv * tc <= most]
+    if not tiles:
+        choice = schedule_x86.pixel_choice(sch, params)
+        tiles = [(choice["tile_pixels"] // lanes, choice["tile_blocks"])]
+    return [{"tile_pixels": tv * lanes, "tile_blocks": tc, "tile_scope": scope}
             for tv, tc in tiles for scope in schedule_x86.tile_scope_candidates(tv, tc, lanes)]
 
 

@@ -8,7 +8,7 @@ from sdbnn_deploy import tune
 from sdbnn_deploy.ops import binary_conv2d
 from sdbnn_deploy.targets import get_target
 from sdbnn_deploy.tvm import OP_ATTR, ScheduleParamError, kernels, kernels_pixels, schedule_x86
-from sdbnn_deploy.tvm.relax_import import conv_module, import_onnx
+from sdbnn_deploy.tvm.relax_import import compute_mode, conv_module, import_onnx
 from test_tvm_kernels import HOST, RUNNABLE, build, conv_case, placeholders, run
 
 # (Cin, Cout, k, stride, pad, H, W, mode, N): Cin of one and two words (and one not a multiple of 64),
@@ -22,6 +22,12 @@ CASES = [
     (128, 8, 1, 1, 0, 8, 8, "affine", 1),
     (64, 9, 3, 1, 1, 28, 28, "affine", 1),
     (100, 8, 3, 2, 1, 14, 13, "affine", 2),
+    (64, 64, 3, 1, 1, 8, 8, "bits", 1),
+    (128, 80, 3, 2, 1, 16, 16, "bits", 2),   # two output words, the second partly used
+    (64, 130, 3, 1, 1, 16, 16, "bits", 1),   # three words: tiles of gcd(130, 64) = 2 channels
+    (70, 16, 3, 2, 0, 17, 17, "bits", 1),
+    (64, 24, 1, 1, 0, 8, 8, "bits", 1),
+    (64, 64, 3, 1, 1, 28, 28, "bits", 1),
 ]
 
 
@@ -31,9 +37,11 @@ def pixel_conv(rng, case, lanes):
     x, wt, extra, attrs = conv_case(rng, *case)
     weights, offsets = kernels_pixels.prepare_conv_weights(wt, cin, (h, w), (pad, pad), (stride, stride), lanes)
     arrays = [x, weights, offsets] + extra
+    if mode == "bits":  # as the importer emits it: the thresholds folded into count limits
+        arrays = [x, weights, kernels_pixels.fold_thresholds(offsets, extra[0], cin * k * k)]
     tensors = placeholders(arrays, ["x", "weights", "offsets", "scale", "bias"])
     output = kernels_pixels.binary_conv2d(*tensors, in_channels=cin, out_channels=cout, strides=attrs["strides"],
-                                          pads=attrs["pads"], mode=mode)
+                                          pads=attrs["pads"], mode=compute_mode(mode, kernels_pixels))
     return arrays, output, tensors, binary_conv2d.reference(x, wt, *extra, mode=mode, **attrs)
 
 
@@ -88,7 +96,8 @@ def test_pixel_lanes_reject_channel_lane_params():
     ("affine", 3, 32, 8, True, False),   # 3 words: the channel lanes' transposition is small against the popcounts
     ("affine", 1, 28, 8, True, False),   # a partial last vector
     ("affine", 1, 28, 4, True, True),
-    ("bits", 1, 32, 8, True, False),     # NHWC words: channel lanes
+    ("bits", 2, 16, 8, True, True),
+    ("bits", 2, 4, 8, True, False),
     ("int", 1, 32, 8, True, False),
     ("affine", 1, 32, 8, False, False),  # the target does not ask for pixel lanes
 ])
@@ -97,7 +106,7 @@ def test_conv_module_rule(mode, words, width, lanes, pixels, chosen):
 
 
 def test_importer_emits_pixel_lanes_where_the_target_asks():
-    """ResNet-18 (CIFAR) on x86-avx512 (pixel_lanes = true): its affine convs of 64 and 128 channels are
+    """ResNet-18 (CIFAR) on x86-avx512 (pixel_lanes = true): its convs of 64 and 128 input channels are
     pixel-lane PrimFuncs, the others not; with pixel_lanes off none is."""
     from sdbnn_deploy.bench import random_model
     from sdbnn_deploy.convert import convert
@@ -113,8 +122,11 @@ def test_importer_emits_pixel_lanes_where_the_target_asks():
 
     convs, on = pixel_funcs(True)
     assert on and len(on) < len(convs)
-    for func in on:
-        assert schedule_x86.conv_key(tvm.s_tir.Schedule(func)).endswith(":affine-pixels")
+    for func in convs:  # input (H x W x words) > output: pixel lanes exactly where the words are 1 or 2
+        key = schedule_x86.conv_key(tvm.s_tir.Schedule(func))
+        words = int(key.split(">")[0].split("x")[2])
+        assert (func in on) == (words <= kernels_pixels.MAX_WORDS), key
+        assert (func in on) == key.endswith(("affine-pixels", "bits-pixels")), key
     assert pixel_funcs(False)[1] == []
 
 
@@ -129,6 +141,6 @@ def test_tune_measures_pixel_lane_tiles():
     assert schedule_x86.pixel_lanes(sch)
     tried = tune.candidates(sch, tune._global(spec.params))
     assert tried and all(set(c) <= {"tile_pixels", "tile_blocks", "tile_scope"} for c in tried)
-    assert {"tile_scope": "global"}.items() <= max(tried, key=len).items()
+    assert {c["tile_scope"] for c in tried} == {"local", "global"}
     result = tune.tune_primfunc(func, spec, tune.Measure(tune.measuring_session(spec), spec, "."), rounds=1)
     assert result.key == "16x16x1>16x16x16:3x3:affine-pixels" and result.params in tried

@@ -23,21 +23,22 @@ piece of the output row as it is stored:
 import numpy as np
 from tvm import te, tirx
 
+from sdbnn_deploy.bits import WORD_BITS, words_for
 from sdbnn_deploy.tvm import kernels
 from sdbnn_deploy.tvm.kernels import border_bounds, border_class
 
-MODES = ("affine",)
+MODES = ("affine", "bits_limits")  # the computes' modes (relax_import.compute_mode: ONNX "bits" -> "bits_limits")
 # Input words per pixel up to which a conv is emitted with pixel lanes (applies): with more, the channel
-# lanes' transposition of the tile is small against the popcounts (Bi-Real-18's 256->256 14x14: 80%).
+# lanes' costs around the popcounts are small against them (Bi-Real-18's 256->256 14x14: 80%).
 MAX_WORDS = 2
 
 
 def applies(mode: str, words: int, out_width: int, lanes: int) -> bool:
     """Whether a conv with ONNX `mode`, `words` input words per pixel and output width `out_width` gets
-    pixel lanes (where the target asks for them): "affine" outputs (NCHW floats) of at most MAX_WORDS
-    words, the output width a whole number of vectors (a partial last vector made the output stage a
-    separate pass with a guard per value: Bi-Real-18's 128->128 28x28 53 -> 84 us)."""
-    return mode in MODES and words <= MAX_WORDS and out_width % lanes == 0
+    pixel lanes (where the target asks for them): "affine" and "bits" outputs of at most MAX_WORDS words,
+    the output width a whole number of vectors (a partial last vector made the output stage a separate
+    pass with a guard per value: Bi-Real-18's 128->128 28x28 affine 53 -> 84 us)."""
+    return mode in ("affine", "bits") and words <= MAX_WORDS and out_width % lanes == 0
 
 
 def padded_width(out_width: int, lanes: int) -> int:
@@ -61,10 +62,21 @@ def prepare_conv_weights(w: np.ndarray, in_channels: int, in_hw, pads, strides, 
     return w, np.ascontiguousarray((taps - per_class[:, classes, :].transpose(0, 2, 1)).astype(np.float32))
 
 
+def fold_thresholds(offsets: np.ndarray, thresholds: np.ndarray, taps: int) -> np.ndarray:
+    """The count limits of mode "bits_limits" from prepare_conv_weights' offsets, int64 like the counts
+    they are compared with, the same rule as kernels.fold_thresholds: an output's bit is 1 (y < threshold)
+    iff its count > floor((offset - threshold) / 2), clipped to [-1, taps]."""
+    padded = np.zeros(offsets.shape[1], dtype=np.int64)
+    padded[:len(thresholds)] = thresholds
+    limits = (offsets.astype(np.int64) - padded[None, :, None]) // 2
+    return np.clip(limits, -1, taps)
+
+
 def binary_conv2d(x: te.Tensor, weights: te.Tensor, offsets: te.Tensor, *extra: te.Tensor,
                   in_channels: int, out_channels: int, strides, pads, mode: str) -> te.Tensor:
     """BinaryConv2d of packed words x (N,H,W,Cw) with weights and offsets from prepare_conv_weights;
-    mode "affine" (extra: scale, bias), the output NCHW float32."""
+    mode "affine" (extra: scale, bias; output NCHW float32) or "bits_limits" (no extra, `offsets` holds
+    fold_thresholds' count limits; output NHWC words)."""
     if mode not in MODES:
         raise ValueError(f"BinaryConv2d with pixel lanes has modes {MODES}, not {mode!r}")
     n, h, w, cw = (int(d) for d in x.shape)
@@ -88,6 +100,8 @@ def binary_conv2d(x: te.Tensor, weights: te.Tensor, offsets: te.Tensor, *extra: 
         lambda i, o, y, xx: te.sum(tirx.popcount(xp[i, y * sh + r, k, s % sw, xx + s // sw] ^ weights[o, r, s, k]),
                                    axis=[r, s, k]),
         name="popcount")
+    if mode == "bits_limits":
+        return _bits_output(counts, offsets, out_channels, ow, top, bottom)
     two = tirx.const(2, "float32")
     conv = te.compute(
         (n, cout, oh, owp),
@@ -98,3 +112,24 @@ def binary_conv2d(x: te.Tensor, weights: te.Tensor, offsets: te.Tensor, *extra: 
     return te.compute((n, out_channels, oh, ow),
                       lambda i, o, y, xx: kernels._rounded(conv[i, o, y, xx] * scale[o]) + bias[o],
                       name="output")
+
+
+def _bits_output(counts: te.Tensor, limits: te.Tensor, out_channels: int, out_width: int, top: int, bottom: int):
+    """Stages "conv" and "output" of mode "bits_limits": each output's bit in its place of the word
+    (count > limit, limits from fold_thresholds), then each word the OR (sum) of its 64 channels' bits,
+    NHWC words (N, OH, OW, ceil(Cout/64)) like kernels' bits output."""
+    n, cout, oh, owp = (int(d) for d in counts.shape)
+
+    def in_place(i, o, y, xx):
+        limit = limits[border_class(y, top, bottom, tirx.min, tirx.max), o, xx]
+        place = (o % WORD_BITS).astype("uint64")
+        return tirx.Select(counts[i, o, y, xx].astype("int64") > limit, kernels._u64(1) << place, kernels._u64(0))
+
+    conv = te.compute((n, cout, oh, owp), in_place, name="conv")
+    bit = te.reduce_axis((0, WORD_BITS), name="bit")
+    return te.compute(
+        (n, oh, out_width, words_for(out_channels)),
+        lambda i, y, xx, wd: te.sum(tirx.if_then_else(wd * WORD_BITS + bit < out_channels,
+                                                      conv[i, wd * WORD_BITS + bit, y, xx], kernels._u64(0)),
+                                    axis=bit),
+        name="output")

@@ -97,7 +97,7 @@ def _convert_binary_conv2d(bb, inputs, attr, lanes: int, conv=kernels, pixel_lan
     blocked, correction = conv.prepare_conv_weights(w, cin, (h, width), pads, strides, lanes)
     compute = compute_mode(mode, conv)
     if compute == "bits_limits":  # the thresholds folded into the correction: one compare per output
-        correction = kernels.fold_thresholds(correction, _constant(extra[0], name, "thresholds"),
+        correction = conv.fold_thresholds(correction, _constant(extra[0], name, "thresholds"),
                                              cin * w.shape[1] * w.shape[2])
         extra = []
     y = _emit(bb, conv.binary_conv2d, "BinaryConv2d", x, relax.const(blocked), relax.const(correction),
@@ -118,7 +118,10 @@ def compute_mode(mode: str, conv=kernels) -> str:
     """The output mode of the compute emitted for a BinaryConv2d of ONNX `mode`. With kernels' uint64-word
     compute, "int" as "int_nhwc" (channels last, transposed after) and "bits" as "bits_limits" (the
     thresholds folded into the correction by kernels.fold_thresholds: no threshold per output in the
-    tile, the uint64 counts compared as int64, not narrowed); else the mode itself."""
+    tile, the uint64 counts compared as int64, not narrowed); with kernels_pixels' compute "bits" as
+    "bits_limits" (kernels_pixels.fold_thresholds); else the mode itself."""
+    if conv is kernels_pixels:
+        return {"bits": "bits_limits"}.get(mode, mode)
     if conv is not kernels:
         return mode
     return {"int": "int_nhwc", "bits": "bits_limits"}.get(mode, mode)

@@ -37,7 +37,7 @@ Params read here (defaults in DEFAULTS; sdbnn_deploy.tune measures and stores th
                   from the workspace too). One core, ResNet-18's bits convs 128->128 16x16 16.8 ->
                   15.4 us, 64->128 s2 9.4 -> 8.9 us; its 64->64 32x32 took 21-29 us with "global"
                   from run to run, 21 us with "local": a search parameter (tile_scope_candidates)
-    pixel_lanes   read by the importer (relax_import.conv_module), not here: NCHW float ("affine") convs of
+    pixel_lanes   read by the importer (relax_import.conv_module), not here: "affine" and "bits" convs of
                   1-2 input words emitted with output pixels in the lanes (kernels_pixels), scheduled by
                   schedule_pixel_lanes, whose shape entries take tile_pixels (pixels, whole vectors),
                   tile_blocks (output channels) and tile_scope
@@ -61,9 +61,12 @@ The conv, as measured (tvm-notes.md, "What made a binary conv fast", and sdbnn_d
   too few to share evenly between threads (Bi-Real-18's 7x7 outputs); a conv too small to pay for a
   parallel loop runs on one thread (serial_conv: ResNet-20's 8x8 layers).
 """
+import math
+
 import tvm
 from tvm import s_tir
 
+from sdbnn_deploy.bits import WORD_BITS
 from sdbnn_deploy.tvm import ScheduleParamError, largest_divisor
 
 DEFAULTS = {"lanes": 8, "accumulators": 16, "tile_pixels": 0, "tile_blocks": 0, "epilogue": "auto",
@@ -84,8 +87,9 @@ SERIAL_PAD_WORDS = 8192
 UNROLLED_WORDS = 3
 # Popcounted words below which a conv runs on one thread (serial_conv).
 SERIAL_CONV_WORDS = 65536
-# The default register tile of a pixel-lanes conv (schedule_pixel_lanes): vectors of pixels x channels.
-PIXEL_TILE = (1, 8)
+# The default register tile of a pixel-lanes conv per output (schedule_pixel_lanes): vectors of pixels x
+# channels (one core, AVX-512: affine 1 x 8, bits 2 x 4 measured fastest on ResNet-18's Cin 64 and 128).
+PIXEL_TILES = {"affine": (1, 8), "bits": (2, 4)}
 
 
 def _param(params, name):
@@ -351,30 +355,46 @@ def pixel_lanes(sch: s_tir.Schedule) -> bool:
     return len(sch.get(sch.get_sblock("pad")).iter_vars) == 5
 
 
+def _pixel_mode(sch: s_tir.Schedule) -> str:
+    """"bits" (NHWC words: n, y, x, word and the bit reduced) or "affine" (NCHW floats: n, o, y, x)."""
+    return "bits" if len(sch.get(sch.get_sblock("output")).iter_vars) == 5 else "affine"
+
+
 def _pixel_key(sch: s_tir.Schedule) -> str:
     _, h, w, cw = (int(d) for d in sch.mod["main"].params[0].shape)
-    _, cout, oh, ow = (int(iv.dom.extent) for iv in sch.get(sch.get_sblock("output")).iter_vars)
-    _, _, _, _, kh, kw, _ = (int(iv.dom.extent) for iv in sch.get(sch.get_sblock("popcount")).iter_vars)
-    return f"{h}x{w}x{cw}>{oh}x{ow}x{cout}:{kh}x{kw}:affine-pixels"
+    _, cout, oh, _, kh, kw, _ = (int(iv.dom.extent) for iv in sch.get(sch.get_sblock("popcount")).iter_vars)
+    mode = _pixel_mode(sch)
+    ow = int(sch.get(sch.get_sblock("output")).iter_vars[2 if mode == "bits" else 3].dom.extent)
+    return f"{h}x{w}x{cw}>{oh}x{ow}x{cout}:{kh}x{kw}:{mode}-pixels"
+
+
+def pixel_tile_extents(sch: s_tir.Schedule, lanes: int):
+    """(vectors, channels) that a pixel-lanes tile's sides must divide: the vectors of a padded output
+    row, and the output channels (bits: those of one output word, gcd(Cout, 64), as a word's channels
+    are split into whole tiles)."""
+    _, cout, _, width, *_ = (_extent(sch, loop) for loop in sch.get_loops(sch.get_sblock("popcount")))
+    return width // lanes, math.gcd(cout, WORD_BITS) if _pixel_mode(sch) == "bits" else cout
 
 
 def pixel_choice(sch: s_tir.Schedule, params) -> dict:
     """tile_pixels (output pixels, whole vectors of lanes), tile_blocks (here: output CHANNELS) and
-    tile_scope of a pixel-lanes conv: its `shapes` entry, else PIXEL_TILE; a tile that does not divide
-    the extents falls back to PIXEL_TILE's largest divisors."""
+    tile_scope of a pixel-lanes conv: its `shapes` entry, else PIXEL_TILES of its mode, in scope
+    "global" where it fits under STACK_BYTES; a tile that does not divide the extents falls back to the
+    largest divisors within the default."""
     entry = (_param(params, "shapes") or {}).get(conv_key(sch), {})
     unknown = sorted(set(entry) - {"tile_pixels", "tile_blocks", "tile_scope"})
     if unknown:
         raise ScheduleParamError(f"schedule_x86: shapes.{conv_key(sch)}: unknown parameters {unknown} for a "
                                  "pixel-lanes conv; known: ['tile_pixels', 'tile_blocks', 'tile_scope']")
     lanes = conv_lanes(params)
-    _, cout, _, width, *_ = (_extent(sch, loop) for loop in sch.get_loops(sch.get_sblock("popcount")))
-    vectors, channels = int(entry.get("tile_pixels", PIXEL_TILE[0] * lanes)) // lanes, int(entry.get("tile_blocks", 0))
-    if vectors <= 0 or (width // lanes) % vectors:
-        vectors = largest_divisor(width // lanes, PIXEL_TILE[0])
+    width, cout = pixel_tile_extents(sch, lanes)
+    default = PIXEL_TILES[_pixel_mode(sch)]
+    vectors, channels = int(entry.get("tile_pixels", default[0] * lanes)) // lanes, int(entry.get("tile_blocks", 0))
+    if vectors <= 0 or width % vectors:
+        vectors = largest_divisor(width, default[0])
     if channels <= 0 or cout % channels:
-        channels = largest_divisor(cout, PIXEL_TILE[1])
-    scope = entry.get("tile_scope", "local")
+        channels = largest_divisor(cout, default[1])
+    scope = entry.get("tile_scope", tile_scope_candidates(vectors, channels, lanes)[-1])
     if scope not in TILE_SCOPES:
         raise ScheduleParamError(f"schedule_x86: {conv_key(sch)}: tile_scope must be one of {TILE_SCOPES}, "
                                  f"not {scope!r}")
@@ -382,19 +402,33 @@ def pixel_choice(sch: s_tir.Schedule, params) -> dict:
 
 
 def schedule_pixel_lanes(sch: s_tir.Schedule, params) -> None:
-    """A conv of kernels_pixels (output pixels in the lanes, NCHW float output).
+    """A conv of kernels_pixels (output pixels in the lanes): a register tile of tile_pixels pixels x
+    tile_blocks channels, the reduction (kh, then kw and the input words, unrolled) outside it, each
+    input vector of pixels XORed with one broadcast weight word per channel (LLVM folds the broadcast
+    into vpxorq's memory operand); rows (batch x output rows) in parallel unless serial_conv.
 
-    Per row (batch x output row; in parallel unless serial_conv) and tile of tile_pixels pixels x
-    tile_blocks channels: the reduction (kh, then kw and the input words, unrolled) outside the tile,
-    each input vector of pixels XORed with one broadcast weight word per channel (LLVM folds the
-    broadcast into vpxorq's memory operand); then, still in the tile's registers, y = offsets - 2*count
-    in floats, * scale + bias, stored as a piece of each channel's output row. One core, AVX-512,
-    against the channel-lane conv with its tuned entry: ResNet-18's 64->64 32x32 affine 24.2 -> 16.7 us,
-    Bi-Real's 64->64 56x56 65.4 -> 50.4 us, VGG-Small dynamic's 128->256 16x16 39.6 -> 29.1 us."""
+    affine: the tiles run per row, channel tile and pixel tile, each ending in its registers: y =
+    offsets - 2*count in floats, * scale + bias, stored as a piece of each channel's output row.
+    bits: per row and pixel tile, the output words of those pixels are the outer loop; each word's 64
+    channels run as 64 / tile_blocks tiles, each comparing its counts with the limits and ORing the bits
+    into the word's vector of pixels, which stays in a register until it is stored.
+    One core, AVX-512, against the channel-lane conv with its tuned entry: ResNet-18's 64->64 32x32
+    affine 24.2 -> 16.7 us, bits 18.3 -> 15.0 us, 128->256 s2 bits 8.9 -> 7.7 us; Bi-Real's 64->64
+    56x56 affine 65.4 -> 50.4 us; VGG-Small dynamic's 128->256 16x16 affine 39.6 -> 29.1 us."""
     choice = pixel_choice(sch, params)
     lanes = conv_lanes(params)
-    pad, counts, conv, out = (sch.get_sblock(name) for name in ("pad", "popcount", "conv", "output"))
-    _schedule_pad(sch, pad)
+    _schedule_pad(sch, sch.get_sblock("pad"))
+    counts = sch.get_sblock("popcount")
+    sch.compute_inline(sch.get_sblock("conv"))
+    if _pixel_mode(sch) == "bits":
+        _pixel_bits_tiles(sch, counts, choice, lanes)
+    else:
+        _pixel_affine_tiles(sch, counts, choice, lanes)
+    sch.set_scope(counts, 0, choice["tile_scope"])
+
+
+def _pixel_affine_tiles(sch: s_tir.Schedule, counts, choice: dict, lanes: int) -> None:
+    out = sch.get_sblock("output")
     n, o, y, x, r, s, k = sch.get_loops(counts)
     xo, xi, xv = sch.split(x, [None, choice["tile_pixels"] // lanes, lanes])
     oo, oi = sch.split(o, [None, choice["tile_blocks"]])
@@ -405,8 +439,6 @@ def schedule_pixel_lanes(sch: s_tir.Schedule, params) -> None:
     for loop in (s, k, oi, xi):
         sch.unroll(loop)
     sch.vectorize(xv)
-    sch.set_scope(counts, 0, choice["tile_scope"])
-    sch.compute_inline(conv)
     sch.reverse_compute_at(out, xo)
     sch.decompose_reduction(counts, r)
     *_, channels, pixels = sch.get_loops(out)
@@ -414,6 +446,32 @@ def schedule_pixel_lanes(sch: s_tir.Schedule, params) -> None:
     vectors, lane = sch.split(pixels, [None, lanes])
     sch.unroll(vectors)
     sch.vectorize(lane)
+
+
+def _pixel_bits_tiles(sch: s_tir.Schedule, counts, choice: dict, lanes: int) -> None:
+    out = sch.get_sblock("output")
+    n, y, x, word, bit = sch.get_loops(out)
+    xo, xi, xv = sch.split(x, [None, choice["tile_pixels"] // lanes, lanes])
+    bo, bi = sch.split(bit, [None, choice["tile_blocks"]])
+    sch.reorder(n, y, xo, word, bo, bi, xi, xv)
+    rows = sch.fuse(n, y)
+    if not serial_conv(sch):
+        sch.parallel(rows)
+    sch.compute_at(counts, bo)
+    # The tile's own loops below rows, xo, word and bo, made by compute_at: channels, pixels, then r, s, k;
+    # compute_at leaves out those of extent 1.
+    _, _, _, _, kh, kw, cw = (int(iv.dom.extent) for iv in sch.get(counts).iter_vars)
+    extents = {"channels": choice["tile_blocks"], "pixels": choice["tile_pixels"], "r": kh, "s": kw, "k": cw}
+    loops = dict(zip([name for name, extent in extents.items() if extent > 1], sch.get_loops(counts)[4:]))
+    vectors, lane = sch.split(loops["pixels"], [None, lanes])
+    reduction = [loops[name] for name in ("r", "s", "k") if name in loops]
+    sch.reorder(*reduction, *[loops[name] for name in ("channels",) if name in loops], vectors, lane)
+    for loop in (*reduction[1:], *[loops[name] for name in ("channels",) if name in loops], vectors, bi, xi):
+        sch.unroll(loop)
+    sch.vectorize(lane)
+    sch.vectorize(xv)
+    if reduction:
+        sch.decompose_reduction(counts, reduction[0])
 
 
 def schedule_binarize_pack(sch: s_tir.Schedule, params) -> None:
