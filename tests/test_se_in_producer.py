@@ -72,6 +72,10 @@ def test_sum_placed_in_producer_where_rows_hold_four_lanes(shape, placed):
     if placed:  # the partial sums are added under the producer's loops: they share its outer loop
         outer = [sch.get(sch.get_loops(sch.get_sblock(name))[0]) for name in ("v", "se_sum", "se_sum_rf_update")]
         assert outer[0].same_as(outer[1]) and outer[0].same_as(outer[2])
+        # the partial sums in a buffer of the function: a local one under the parallel loop would be taken
+        # from the workspace at every channel
+        script = sch.mod["main"].script()
+        assert "se_sum_rf = T.sblock_alloc_buffer" in script and 'scope="local"' not in script
 
 
 @pytest.fixture(scope="module")
