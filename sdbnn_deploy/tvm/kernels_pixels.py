@@ -13,8 +13,8 @@ piece of the output row as it is stored:
   and past the input (bit 0 = +1, undone by the correction as in kernels);
 - the weights stay as the ONNX node holds them, (Cout, kh, kw, Cw) uint64: one word is broadcast
   against V pixels;
-- the output width is padded to whole vectors (OWp, a multiple of V): the columns past OW are computed
-  and never stored;
+- the output width is padded to whole vectors (OWp, a multiple of V): "affine" stores rows of OWp
+  columns (the importer slices the OW columns off), "bits" needs OW = OWp (applies);
 - the correction varies along the lanes (the padded taps of each column), so it is laid out per column,
   already subtracted from the taps: offsets[row class][channel][column] = Cin*kh*kw - correction as
   float32 (OWp columns), so that y = offsets - 2*count is one multiply-subtract of floats per vector, exact
@@ -35,10 +35,10 @@ MAX_WORDS = 2
 
 def applies(mode: str, words: int, out_width: int, lanes: int) -> bool:
     """Whether a conv with ONNX `mode`, `words` input words per pixel and output width `out_width` gets
-    pixel lanes (where the target asks for them): "affine" and "bits" outputs of at most MAX_WORDS words,
-    the output width a whole number of vectors (a partial last vector made the output stage a separate
-    pass with a guard per value: Bi-Real-18's 128->128 28x28 affine 53 -> 84 us)."""
-    return mode in ("affine", "bits") and words <= MAX_WORDS and out_width % lanes == 0
+    pixel lanes (where the target asks for them): "affine" and "bits" outputs of at most MAX_WORDS words;
+    for "bits" the output width a whole number of vectors ("affine" stores whole vectors of a padded
+    row, see binary_conv2d)."""
+    return mode in ("affine", "bits") and words <= MAX_WORDS and (mode == "affine" or out_width % lanes == 0)
 
 
 def padded_width(out_width: int, lanes: int) -> int:
@@ -75,8 +75,11 @@ def fold_thresholds(offsets: np.ndarray, thresholds: np.ndarray, taps: int) -> n
 def binary_conv2d(x: te.Tensor, weights: te.Tensor, offsets: te.Tensor, *extra: te.Tensor,
                   in_channels: int, out_channels: int, strides, pads, mode: str) -> te.Tensor:
     """BinaryConv2d of packed words x (N,H,W,Cw) with weights and offsets from prepare_conv_weights;
-    mode "affine" (extra: scale, bias; output NCHW float32) or "bits_limits" (no extra, `offsets` holds
-    fold_thresholds' count limits; output NHWC words)."""
+    mode "affine" (extra: scale, bias; output NCHW float32 with rows of the padded width OWp: the
+    importer slices the OW columns off, a slice that Relax fuses into the consumer, so that every tile
+    stores whole vectors; a last vector stored in part made the output stage a separate pass with a guard
+    per value: Bi-Real-18's 128->128 28x28 53 -> 84 us, one core) or "bits_limits" (no extra, `offsets`
+    holds fold_thresholds' count limits; output NHWC words, OW columns)."""
     if mode not in MODES:
         raise ValueError(f"BinaryConv2d with pixel lanes has modes {MODES}, not {mode!r}")
     n, h, w, cw = (int(d) for d in x.shape)
@@ -109,7 +112,7 @@ def binary_conv2d(x: te.Tensor, weights: te.Tensor, offsets: te.Tensor, *extra: 
         - two * counts[i, o, y, xx].astype("float32"),
         name="conv")
     scale, bias = extra
-    return te.compute((n, out_channels, oh, ow),
+    return te.compute((n, out_channels, oh, owp),
                       lambda i, o, y, xx: kernels._rounded(conv[i, o, y, xx] * scale[o]) + bias[o],
                       name="output")
 

@@ -93,7 +93,8 @@ def _convert_binary_conv2d(bb, inputs, attr, lanes: int, conv=kernels, pixel_lan
         if _static_shape(tensor, name, what) != (int(w.shape[0]),):
             raise UserError(f"node {name}: {what} has shape {list(_static_shape(tensor, name, what))}, "
                             f"expected [{int(w.shape[0])}] (one per output channel)")
-    conv = conv_module(conv, mode, cw, border_bounds(width, w.shape[2], strides[1], pads[1])[0], lanes, pixel_lanes)
+    out_width = border_bounds(width, w.shape[2], strides[1], pads[1])[0]
+    conv = conv_module(conv, mode, cw, out_width, lanes, pixel_lanes)
     blocked, correction = conv.prepare_conv_weights(w, cin, (h, width), pads, strides, lanes)
     compute = compute_mode(mode, conv)
     if compute == "bits_limits":  # the thresholds folded into the correction: one compare per output
@@ -102,7 +103,12 @@ def _convert_binary_conv2d(bb, inputs, attr, lanes: int, conv=kernels, pixel_lan
         extra = []
     y = _emit(bb, conv.binary_conv2d, "BinaryConv2d", x, relax.const(blocked), relax.const(correction),
               *extra, in_channels=cin, out_channels=int(w.shape[0]), strides=strides, pads=pads, mode=compute)
-    return bb.emit(relax.op.permute_dims(y, [0, 3, 1, 2])) if compute == "int_nhwc" else y
+    if compute == "int_nhwc":
+        return bb.emit(relax.op.permute_dims(y, [0, 3, 1, 2]))
+    if conv is kernels_pixels and compute == "affine" and _static_shape(y, name, "output")[3] != out_width:
+        # rows of whole vectors (kernels_pixels.binary_conv2d): the OW columns kept
+        return bb.emit(relax.op.strided_slice(y, axes=[3], begin=[0], end=[out_width]))
+    return y
 
 
 def conv_module(conv, mode: str, words: int, out_width: int, lanes: int, pixel_lanes: bool):
