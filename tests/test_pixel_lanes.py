@@ -104,6 +104,8 @@ def test_pixel_lanes_reject_channel_lane_params():
     ("affine", 3, 32, 8, True, False),   # 3 words: the channel lanes' transposition is small against the popcounts
     ("affine", 1, 28, 8, True, True),    # rows padded to whole vectors, sliced by the importer
     ("bits", 1, 28, 8, True, False),     # (bits: a partial last vector)
+    ("affine", 1, 4, 8, True, False),    # half the padded row would be padding
+    ("affine", 1, 12, 8, True, True),
     ("affine", 1, 28, 4, True, True),
     ("bits", 2, 16, 8, True, True),
     ("bits", 2, 4, 8, True, False),
