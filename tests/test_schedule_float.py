@@ -150,7 +150,9 @@ def test_se_mean_is_vectorised_and_equals_numpy(shape, in_lanes, monkeypatch):
         legalized = tvm.transform.Sequential(cpu_pipeline.legalize_passes(AVX512))(_mean_module(shape))
         func = next(f for f in legalized.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
         scheduled = str(schedule_float_primfunc(func))
-    assert 'scope="local"' in scheduled and ("_rf" in scheduled) == in_lanes  # rfactor: partial sums
+    # the outputs (and rfactor's partial sums) accumulate in small caches: "global", so on the stack
+    assert "x_red_global = T.sblock_alloc_buffer" in scheduled and 'scope="local"' not in scheduled
+    assert ("_rf" in scheduled) == in_lanes
     got = _run(_mean_module(shape), AVX512, x)
     np.testing.assert_allclose(got, x.astype("float64").mean((2, 3)), rtol=1e-6, atol=1e-7)
     if not in_lanes:
@@ -173,7 +175,7 @@ def test_pooling_windows_side_by_side_equal_numpy(pool):
         legalized = tvm.transform.Sequential(cpu_pipeline.legalize_passes(AVX512))(bb.get())
         func = next(f for f in legalized.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
         scheduled = str(schedule_float_primfunc(func))
-    assert 'scope="local"' in scheduled and "T.vectorized" in scheduled
+    assert "_global = T.sblock_alloc_buffer" in scheduled and "T.vectorized" in scheduled  # a register tile
     data = np.random.default_rng(3).standard_normal(shape).astype("float32")
     got = _run(bb.get(), AVX512, data)
     if pool == "max":
@@ -182,3 +184,12 @@ def test_pooling_windows_side_by_side_equal_numpy(pool):
         np.testing.assert_array_equal(got, np.max(windows, axis=0))
     else:
         np.testing.assert_allclose(got, data.reshape(1, 8, 16, 2, 16, 2).mean((3, 5)), rtol=1e-6, atol=1e-6)
+
+
+def test_register_tiles_below_stack_bytes_are_global():
+    """TVM puts a small "global" buffer on the stack (registers) and takes every "local" one from the
+    workspace: register tiles under STACK_BYTES are "global"."""
+    from sdbnn_deploy.tvm.schedule_float import register_scope
+    from sdbnn_deploy.tvm.schedule_x86 import STACK_BYTES
+    assert register_scope(4) == register_scope(STACK_BYTES - 1) == "global"
+    assert register_scope(STACK_BYTES) == "local"
