@@ -12,6 +12,9 @@ per-shape parameters (SEARCH_SPACES) is scheduled, compiled for the target and t
                         row_layout                  with "row" and an int/affine output, also "channels"
                         tile_scope                  "local", and "global" for tiles below
                                                     schedule_x86.STACK_BYTES (tile_scope_candidates)
+                        (pixel lanes, kernels_pixels: tile_pixels x tile_blocks = pixels x output channels
+                        with between half and all of the accumulators, and both tile scopes:
+                        pixel_candidates)
     arm (schedule_arm)  tile_pixels x tile_vectors  register tiles whose sides divide the output width and
                                                     a weight block's vectors (schedule_arm.tile_extents),
                                                     with a quarter to all of its ACCUMULATORS q registers

@@ -132,7 +132,8 @@ def _bits_output(counts: te.Tensor, limits: te.Tensor, out_channels: int, out_wi
         return tirx.Select(counts[i, o, y, xx].astype("int64") > limit, kernels._u64(1) << place, kernels._u64(0))
 
     conv = te.compute((n, cout, oh, owp), in_place, name="conv")
-    bit = te.reduce_axis((0, WORD_BITS), name="bit")
+    # A single word of fewer than 64 channels adds only those (the others would be computed and dropped).
+    bit = te.reduce_axis((0, min(WORD_BITS, out_channels)), name="bit")
     return te.compute(
         (n, oh, out_width, words_for(out_channels)),
         lambda i, y, xx, wd: te.sum(tirx.if_then_else(wd * WORD_BITS + bit < out_channels,

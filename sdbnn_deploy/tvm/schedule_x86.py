@@ -59,7 +59,12 @@ The conv, as measured (tvm-notes.md, "What made a binary conv fast", and sdbnn_d
 - the padded input copied on one thread where it is small (starting a parallel region costs more);
 - rows (batch x output rows) run in parallel, or rows x parts of the output channels where the rows are
   too few to share evenly between threads (Bi-Real-18's 7x7 outputs); a conv too small to pay for a
-  parallel loop runs on one thread (serial_conv: ResNet-20's 8x8 layers).
+  parallel loop runs on one thread (serial_conv: ResNet-20's 8x8 layers);
+- with 1-2 input words per pixel (Cin <= 128) the popcounts of an output are few (9-18 per 3x3 output)
+  and whatever the tile does besides them weighs: there (target param pixel_lanes) the importer emits
+  kernels_pixels' compute, output PIXELS in the lanes, scheduled by schedule_pixel_lanes: an NCHW
+  output row is stored as it comes out of the tile, and a bits word collects its 64 channels in a
+  register (ResNet-18's Cin 64 convs, one core: 52-70% of the ceiling with channel lanes, 72-87% so).
 """
 import math
 
