@@ -15,7 +15,7 @@ from sdbnn_deploy.errors import UserError
 from sdbnn_deploy.ops import binary_conv2d
 from sdbnn_deploy.run import run_artifact
 from sdbnn_deploy.targets import get_target, host_target_name
-from sdbnn_deploy.tvm import schedule_x86
+from sdbnn_deploy.tvm import kernels_pixels, pixel_lanes, schedule_x86
 from test_tvm_kernels import x86_conv
 
 HOST = host_target_name()
@@ -143,10 +143,18 @@ def test_a_user_shapes_file_with_other_keys_is_an_error(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("target", sorted(tune.REQUIRED_FLAGS))
 def test_shipped_shape_keys_are_keys_the_importer_makes(target):
-    """x86 compiles an "int" conv as "int_nhwc" (relax_import.compute_mode): a shipped ":int" key would
-    never match, and the search must tune what the importer emits."""
-    modes = {key.rsplit(":", 1)[1] for key in get_target(target).params.get("shapes", {})}
-    assert modes <= {"bits", "affine", "int_nhwc"}, modes
+    """x86 compiles an "int" conv as "int_nhwc" (relax_import.compute_mode), and with the target's
+    pixel_lanes the convs that kernels_pixels.applies to as "...-pixels": a shipped channel-lane key of
+    such a shape would never match, and the search must tune what the importer emits."""
+    spec = get_target(target)
+    modes = {key.rsplit(":", 1)[1] for key in spec.params.get("shapes", {})}
+    assert modes <= {"bits", "affine", "int_nhwc", "bits-pixels", "affine-pixels"}, modes
+    lanes = schedule_x86.conv_lanes(spec.params)
+    for key in spec.params.get("shapes", {}):
+        (_, _, words), (_, width, _) = (map(int, side.split("x")) for side in key.split(":")[0].split(">"))
+        mode = key.rsplit(":", 1)[1]
+        if mode in ("bits", "affine"):  # a channel-lane key: not a shape that gets pixel lanes
+            assert not (pixel_lanes(spec.params) and kernels_pixels.applies(mode, words, width, lanes)), key
     sch = tvm.s_tir.Schedule(tune.conv_primfunc(64, 64, 3, 1, 1, 8, "int", lanes=8))
     assert schedule_x86.conv_key(sch).endswith(":int_nhwc")
     assert all("row_layout" not in c for c in tune.candidates(sch, get_target(target).params))
