@@ -21,7 +21,7 @@ from sdbnn_deploy.tvm import OP_ATTR, apply_schedules, conv_kernels, kernels, ke
 RPI4 = get_target("rpi4")
 MAX_INSTRUCTIONS_PER_128 = 3.5
 # Cin <= 128 at 3x3: one quad per tap, so the tile loop (8 accumulators, 72 cnt) is the innermost loop with
-# cnt and holds the tile's end: two pixel trees, the conv and the stores (3.50 stride 1, 3.53 stride 2;
+# cnt and holds the tile's end: two pixel trees, the conv and the stores (3.49 stride 1, 3.51 stride 2;
 # 3.64-3.72 before kernels_arm's offsets and doubled counts, 4.92 with the halving lane sums).
 MAX_INSTRUCTIONS_PER_128_ONE_QUAD = 3.53
 

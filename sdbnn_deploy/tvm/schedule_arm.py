@@ -27,9 +27,9 @@ partial sums stay in registers while a chunk of the reduction (at most 31 quads)
 instructions per 128 bit-MACs (sdbnn_deploy.asm_count). After each chunk one `uadalp` adds the bytes in
 pairs into 8 uint16 lanes, at the end one `uaddlv` adds the lanes into the output's count (with one small
 chunk, a pixel's 4 counts come from one pairwise tree: kernels_arm._pixel_tree). With one chunk (Cin <= 128
-at 3x3) the tile loop is the innermost loop with `cnt` and holds the tile's end too: 3.50 instructions per
-128 bit-MACs (252 per 72 `cnt .16b`; stride 2: 3.53) since kernels_arm lays out offsets and doubles the
-counts (3.64-3.72 before). Tried and dropped (rpi4, 2026-11): 4 x 4 tiles for Cin <= 256 and
+at 3x3) the tile loop is the innermost loop with `cnt` and holds the tile's end too: 3.49 instructions per
+128 bit-MACs (251 per 72 `cnt .16b`; stride 2: 3.51) since kernels_arm lays out offsets and doubles the
+counts and the tile's loops come in TILE_ORDER (3.64-3.72 before). Tried and dropped (rpi4, 2026-11): 4 x 4 tiles for Cin <= 256 and
 7 x 2 tiles on rows of 7 lower that figure (3.31 and 3.55-3.62) only by leaving the tile's end outside the
 counted loop (scalar, about 5 instructions per output); counted under qemu (QEMU_LOG=in_asm,exec,nochain,
 executed blocks x their sizes) the whole conv does more per `cnt .16b`: 4.57 -> 4.88 (Cin 64, stride 1),
@@ -42,8 +42,8 @@ uadalp widening, 7 x 1 and 7 x 2 tiles on rows of 7 (Cin 512: 4.05 -> 4.29 and 4
 4.22 -> 4.23 and 4.30: the uint16 lanes of 7-14 outputs spill), "row" chunks for Cin 256 (4.22 ->
 4.44), the blocks' loop outside the pixel tiles' (the weights invariant instead of the inputs: Cin 64
 4.09 -> 4.22, Cin 256 stride 2 4.22 -> 4.51) and, for "bits", kernels' "bits_limits" (Cin 128: 4.03 ->
-4.07). With 8 accumulators a Cin <= 128 3x3 tile takes 252 instructions per 72 `cnt .16b`: 208 eor, cnt
-and add, 19 loads (18 ldp of weights, one spilled input), 14 for the two pixel trees and their `umlsl`
+4.07). With 8 accumulators a Cin <= 128 3x3 tile takes 251 instructions per 72 `cnt .16b`: 208 eor, cnt
+and add, 18 ldp of weights (the inputs stay in registers), 14 for the two pixel trees and their `umlsl`
 (y = offset - 2*count), 11 for the offsets' loads, the constant 2 (movi), the stores and the loop.
 
 Without byte_lanes (kernels.binary_conv2d): one q register holds V = 2 uint64 weight words (two output
@@ -62,6 +62,11 @@ SHAPE_PARAMS = ("tile_pixels", "tile_vectors")
 LANES = 2  # uint64 words per 128-bit NEON register (word lanes)
 OUTPUT_LANES = 8  # output values per vectorised step of the output stage (two q registers of 32-bit values)
 ACCUMULATORS = 16  # q registers a register tile may hold (of 32: the rest for input and weight vectors)
+# The tile's loops, outermost first: a weight vector's pixels next to each other, not a pixel's channels (the
+# order LLVM receives the unrolled statements in; its register allocation spilled more the other way: Cin 64
+# 3x3 tile loop 252 -> 251 instructions per 72 `cnt .16b`, stride 2 254 -> 253, Cin 512 2 x 4 330 -> 328 per
+# 96; whole conv under qemu per `cnt .16b` 3.944 -> 3.928, 3.995 -> 3.981, 3.719 -> 3.698; rpi4)
+TILE_ORDER = ("v", "owi", "lane", "byte")
 
 
 def _param(params, name):
@@ -221,12 +226,12 @@ def _named_loops(sch: s_tir.Schedule, block, extents: dict) -> dict:
 
 
 def _tile_inside(sch: s_tir.Schedule, loops: dict, outer: list) -> list:
-    """Move the `outer` loops (reductions) outside the tile loops, unroll the tile, vectorise the bytes
-    ("popcount_bytes") or unroll the uint16 lanes ("widen": each lane extracts one lane of the same
-    `uaddlp`, which LLVM computes once and adds into the lanes as one `uadalp`); returns the outer loops
-    that exist (those of extent 1 have none)."""
+    """Move the `outer` loops (reductions) outside the tile loops (those in TILE_ORDER), unroll the tile,
+    vectorise the bytes ("popcount_bytes") or unroll the uint16 lanes ("widen": each lane extracts one lane
+    of the same `uaddlp`, which LLVM computes once and adds into the lanes as one `uadalp`); returns the
+    outer loops that exist (those of extent 1 have none)."""
     outer_loops = [loops[name] for name in outer if name in loops]
-    sch.reorder(*outer_loops, *[loop for name, loop in loops.items() if name not in outer])
+    sch.reorder(*outer_loops, *[loops[name] for name in TILE_ORDER if name in loops])
     for name in ("owi", "v", "lane"):
         if name in loops:
             sch.unroll(loops[name])
