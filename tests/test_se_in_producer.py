@@ -1,4 +1,5 @@
-"""merge_se_into_producer and sum_in_producer (se_block.py): the SE block in the kernel that writes its input.
+"""merge_se_into_producer, sum_in_producer and merge_binarize_into_se (se_block.py): the SE block in the
+kernel that writes its input, and the BinarizePack that reads its shift in the same kernel.
 
 - a TE producer (clip(a + b), as ResNet's residual add and hardtanh) and se_shift of its output in one
   PrimFunc, scheduled by schedule_float: v bit-identical to numpy, the shift within 1e-5 of numpy, and,
@@ -7,7 +8,10 @@
   the generic schedule where it does not;
 - on a converted dynamic ResNet-20: every se_shift whose input is a residual add's hardtanh joins that
   kernel (17 of 18; the stem's is a float conv's output), and the compiled logits are those of the
-  artifact compiled without the merge, within 1e-6 relative.
+  artifact compiled without the merge, within 1e-6 relative;
+- on the same model: every BinarizePack joins the kernel that computes its shift (18 calls, none left
+  alone), and the logits are exactly those of the artifact compiled without that merge (the same
+  scheduled code runs, in one call).
 """
 import numpy as np
 import onnx
@@ -98,3 +102,24 @@ def test_resnet20_se_blocks_join_their_residual_kernels(resnet20_dynamic, tmp_pa
     got, want = (next(iter(run_artifact(a.path, x).values())) for a in (merged, apart))
     np.testing.assert_array_equal(got.argmax(1), want.argmax(1))
     assert np.linalg.norm(got - want) / np.linalg.norm(want) <= 1e-6
+
+
+def _kernel_calls(artifact) -> list:
+    """The kernel names the artifact's VM calls, in order (VM builtins left out)."""
+    text = tvm.relax.VMExecutable(tvm.runtime.load_module(str(artifact.library))).as_text()
+    return [line.split()[1] for line in text.splitlines()
+            if line.strip().startswith("call") and not line.split()[1].startswith("vm.")]
+
+
+def test_resnet20_binarize_packs_join_their_se_kernels(resnet20_dynamic, tmp_path, monkeypatch):
+    x = np.random.default_rng(4).standard_normal((2,) + TEST_INPUT["resnet20"]).astype(np.float32) * 3
+    merged = compile_model(resnet20_dynamic, "x86", tmp_path / "merged", batch=2)
+    monkeypatch.setattr(schedule_float, "merge_binarize_into_se", lambda: tvm.transform.Sequential([]))
+    apart = compile_model(resnet20_dynamic, "x86", tmp_path / "apart", batch=2)
+    calls, calls_apart = _kernel_calls(merged), _kernel_calls(apart)
+    assert sum(c.startswith("binarize_pack") for c in calls_apart) == 18
+    assert not any(c.startswith("binarize_pack") for c in calls)
+    assert sum("se_shift" in c and "binarize_pack" in c for c in calls) == 18
+    assert len(calls) == len(calls_apart) - 18
+    got, want = (next(iter(run_artifact(a.path, x).values())) for a in (merged, apart))
+    np.testing.assert_array_equal(got, want)

@@ -34,7 +34,9 @@ A block whose schedule TVM refuses is left as it was.
 The first rewrite before legalisation, fuse_se_block, makes a dynamic-ASD conv's SE block one kernel and
 lets it and the BinarizePack read the conv's output before its hardtanh (se_block.py); between FuseOps and
 FuseTIR, merge_se_into_producer puts that kernel into the fused add and hardtanh that write its input,
-whose sum sum_in_producer then computes inside the producer's loops (se_block.py).
+whose sum sum_in_producer then computes inside the producer's loops; after the schedules,
+merge_binarize_into_se puts each BinarizePack into the call of the kernel that computes its shift
+(se_block.py).
 """
 import tvm
 from tvm import s_tir
@@ -42,7 +44,8 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 from tvm.s_tir.dlight import normalize_prim_func
 
 from sdbnn_deploy.tvm import OP_ATTR
-from sdbnn_deploy.tvm.se_block import fuse_se_block, merge_se_into_producer, sum_in_producer
+from sdbnn_deploy.tvm.se_block import (fuse_se_block, merge_binarize_into_se, merge_se_into_producer,
+                                       sum_in_producer)
 from sdbnn_deploy.tvm.batchnorm_affine import batchnorm_as_affine
 from sdbnn_deploy.tvm.float_conv import (MIN_PARALLEL_WORK, float_lanes, linear_coefficient, schedule_conv_function,
                                          weights_to_hwio)
@@ -65,7 +68,7 @@ def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
                   + [max_pool_before_cast(), pool_channels_last(), batchnorm_as_affine(), weights_to_hwio(target),
                      matmul_weights_nk(target)]
                   + _with_se_merge(cpu_pipeline.legalize_passes(target))
-                  + [schedule_float_ops()] + cpu_pipeline.dataflow_lower_passes(target)
+                  + [schedule_float_ops(), merge_binarize_into_se()] + cpu_pipeline.dataflow_lower_passes(target)
                   + cpu_pipeline.finalize_passes(target))
         with target:
             return tvm.transform.Sequential(passes)(mod)
