@@ -47,7 +47,7 @@ from sdbnn_deploy.remote import DEFAULT_TIMEOUT, Session, connect
 from sdbnn_deploy.targets import _cpu_flags, get_target, target_path, tomllib, user_shapes_path
 from sdbnn_deploy.tvm import OP_ATTR, conv_kernels, kernels, pixel_lanes, schedule_arm, schedule_module, schedule_x86
 from sdbnn_deploy.tvm.kernels import border_bounds
-from sdbnn_deploy.tvm.relax_import import compute_mode, conv_module
+from sdbnn_deploy.tvm.relax_import import conv_constants, conv_module
 
 # (Cin, Cout, kernel, stride, pad, input H=W, output mode): the binary convs of VGG-Small and ResNet-18 (CIFAR).
 SHAPES = [
@@ -90,10 +90,8 @@ def conv_primfunc(cin, cout, k, stride, pad, hw, mode, lanes: int, conv=kernels,
     sdbnn_deploy.tvm.conv_kernels), `pixels` the target's pixel_lanes (relax_import.conv_module)."""
     words = np.zeros((cout, k, k, -(-cin // 64)), np.uint64)
     conv = conv_module(conv, mode, words.shape[3], border_bounds(hw, k, stride, pad)[0], lanes, pixels)
-    blocked, correction = conv.prepare_conv_weights(words, cin, (hw, hw), (pad, pad), (stride, stride), lanes)
-    compute = compute_mode(mode, conv)
-    if compute == "bits_limits":  # the count limits, in the module's own layout and dtype
-        correction = conv.fold_thresholds(correction, np.zeros(cout, np.int32), cin * k * k)
+    blocked, correction, compute = conv_constants(conv, words, cin, (hw, hw), (pad, pad), (stride, stride), lanes,
+                                                  mode, np.zeros(cout, np.int32))
     shapes = [((1, hw, hw, words.shape[3]), "uint64"), (blocked.shape, str(blocked.dtype)),
               (correction.shape, str(correction.dtype))]
     shapes += {"affine": [((cout,), "float32")] * 2, "bits": [((cout,), "int32")]}.get(compute, [])

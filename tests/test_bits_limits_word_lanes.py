@@ -13,7 +13,7 @@ from sdbnn_deploy import aarch64
 from sdbnn_deploy.ops import binary_conv2d
 from sdbnn_deploy.targets import get_target
 from sdbnn_deploy.tvm import conv_kernels, kernels, schedule_arm
-from sdbnn_deploy.tvm.relax_import import compute_mode
+from sdbnn_deploy.tvm.relax_import import compute_mode, conv_constants
 from test_aarch64 import _build, _relax_module
 
 WORD_LANES = dataclasses.replace(get_target("rpi4"), params={**get_target("rpi4").params, "byte_lanes": False})
@@ -25,9 +25,8 @@ def test_word_lane_bits_limits_under_qemu_equal_reference(tmp_path, n, cin, h, w
     assert compute_mode("bits", kernels) == "bits_limits"
     x, wt, (thresholds,) = conv_case(cin + cout, n, cin, h, w, cout, k, stride, pad, "bits")
     strides, pads = (stride, stride), (pad, pad)
-    blocked, correction = kernels.prepare_conv_weights(wt, cin, (h, w), pads, strides,
-                                                       schedule_arm.conv_lanes(WORD_LANES.params))
-    limits = kernels.fold_thresholds(correction, thresholds, cin * k * k)
+    blocked, limits, _ = conv_constants(kernels, wt, cin, (h, w), pads, strides,
+                                        schedule_arm.conv_lanes(WORD_LANES.params), "bits", thresholds)
 
     def compute(xx, ww, cc):
         return kernels.binary_conv2d(xx, ww, cc, in_channels=cin, out_channels=cout, strides=strides, pads=pads,

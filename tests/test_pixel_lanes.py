@@ -8,7 +8,7 @@ from sdbnn_deploy import tune
 from sdbnn_deploy.ops import binary_conv2d
 from sdbnn_deploy.targets import get_target
 from sdbnn_deploy.tvm import OP_ATTR, ScheduleParamError, kernels, kernels_pixels, schedule_x86
-from sdbnn_deploy.tvm.relax_import import compute_mode, conv_module, import_onnx
+from sdbnn_deploy.tvm.relax_import import conv_constants, conv_module, import_onnx
 from test_tvm_kernels import RUNNABLE, build, conv_case, placeholders, run
 
 # The target the tests that run a pixel-lanes conv with a target's params use: AVX-512 where this host has it.
@@ -38,13 +38,12 @@ def pixel_conv(rng, case, lanes):
     """(arrays, output tensor, placeholders, reference) of one case with kernels_pixels."""
     cin, cout, k, stride, pad, h, w, mode, n = case
     x, wt, extra, attrs = conv_case(rng, *case)
-    weights, offsets = kernels_pixels.prepare_conv_weights(wt, cin, (h, w), (pad, pad), (stride, stride), lanes)
-    arrays = [x, weights, offsets] + extra
-    if mode == "bits":  # as the importer emits it: the thresholds folded into count limits
-        arrays = [x, weights, kernels_pixels.fold_thresholds(offsets, extra[0], cin * k * k)]
+    weights, offsets, compute = conv_constants(kernels_pixels, wt, cin, (h, w), attrs["pads"], attrs["strides"],
+                                               lanes, mode, extra[0] if mode == "bits" else None)
+    arrays = [x, weights, offsets] + ([] if mode == "bits" else extra)  # bits: the thresholds in the limits
     tensors = placeholders(arrays, ["x", "weights", "offsets", "scale", "bias"])
     output = kernels_pixels.binary_conv2d(*tensors, in_channels=cin, out_channels=cout, strides=attrs["strides"],
-                                          pads=attrs["pads"], mode=compute_mode(mode, kernels_pixels))
+                                          pads=attrs["pads"], mode=compute)
     return arrays, output, tensors, binary_conv2d.reference(x, wt, *extra, mode=mode, **attrs)
 
 

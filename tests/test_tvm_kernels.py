@@ -13,7 +13,7 @@ from sdbnn_deploy.bits import pack_signs, unpack_signs
 from sdbnn_deploy.ops import binarize_pack, binary_conv2d, packed_max_pool2d
 from sdbnn_deploy.targets import _cpu_flags, get_target, host_target_name
 from sdbnn_deploy.tvm import OP_ATTR, kernels, schedule_module, schedule_primfunc
-from sdbnn_deploy.tvm.relax_import import compute_mode
+from sdbnn_deploy.tvm.relax_import import conv_constants
 
 HOST = host_target_name()
 HOST_FLAGS = _cpu_flags("/proc/cpuinfo")
@@ -82,10 +82,11 @@ def x86_conv(x, wt, extra, mode, lanes, in_channels, strides, pads):
     """(arrays, placeholders, output) of a conv with the output of `mode`, for "bits" as the importer emits
     it on x86 (relax_import.compute_mode): "bits_limits", the thresholds folded into the correction."""
     h, w = x.shape[1:3]
-    blocked, correction = kernels.prepare_conv_weights(wt, in_channels, (h, w), pads, strides, lanes)
-    compute = "bits_limits" if compute_mode(mode) == "bits_limits" else mode
+    thresholds = extra[0] if mode == "bits" else None
+    blocked, correction, compute = conv_constants(kernels, wt, in_channels, (h, w), pads, strides, lanes, mode,
+                                                  thresholds)
+    compute = mode if compute == "int_nhwc" else compute  # (the NCHW int output the reference gives)
     if compute == "bits_limits":
-        correction = kernels.fold_thresholds(correction, extra[0], in_channels * wt.shape[1] * wt.shape[2])
         extra = []
     arrays = [x, blocked, correction] + list(extra)
     tensors = placeholders(arrays, ["x", "weights", "correction", "e0", "e1"])

@@ -95,11 +95,9 @@ def _convert_binary_conv2d(bb, inputs, attr, lanes: int, conv=kernels, pixel_lan
                             f"expected [{int(w.shape[0])}] (one per output channel)")
     out_width = border_bounds(width, w.shape[2], strides[1], pads[1])[0]
     conv = conv_module(conv, mode, cw, out_width, lanes, pixel_lanes)
-    blocked, correction = conv.prepare_conv_weights(w, cin, (h, width), pads, strides, lanes)
-    compute = compute_mode(mode, conv)
-    if compute == "bits_limits":  # the thresholds folded into the correction: one compare per output
-        correction = conv.fold_thresholds(correction, _constant(extra[0], name, "thresholds"),
-                                             cin * w.shape[1] * w.shape[2])
+    thresholds = _constant(extra[0], name, "thresholds") if compute_mode(mode, conv) == "bits_limits" else None
+    blocked, correction, compute = conv_constants(conv, w, cin, (h, width), pads, strides, lanes, mode, thresholds)
+    if compute == "bits_limits":
         extra = []
     y = _emit(bb, conv.binary_conv2d, "BinaryConv2d", x, relax.const(blocked), relax.const(correction),
               *extra, in_channels=cin, out_channels=int(w.shape[0]), strides=strides, pads=pads, mode=compute)
@@ -109,6 +107,18 @@ def _convert_binary_conv2d(bb, inputs, attr, lanes: int, conv=kernels, pixel_lan
         # rows of whole vectors (kernels_pixels.binary_conv2d): the OW columns kept
         return bb.emit(relax.op.strided_slice(y, axes=[3], begin=[0], end=[out_width]))
     return y
+
+
+def conv_constants(conv, w: np.ndarray, in_channels: int, in_hw, pads, strides, lanes: int, mode: str,
+                   thresholds=None):
+    """(weights, correction, compute mode) of a BinaryConv2d of ONNX `mode` emitted with the module
+    `conv`: its prepare_conv_weights, and for the compute mode "bits_limits" (compute_mode) the
+    thresholds folded into the correction by its fold_thresholds (one compare per output)."""
+    blocked, correction = conv.prepare_conv_weights(w, in_channels, in_hw, pads, strides, lanes)
+    compute = compute_mode(mode, conv)
+    if compute == "bits_limits":
+        correction = conv.fold_thresholds(correction, thresholds, in_channels * w.shape[1] * w.shape[2])
+    return blocked, correction, compute
 
 
 def conv_module(conv, mode: str, words: int, out_width: int, lanes: int, pixel_lanes: bool):
