@@ -117,7 +117,10 @@ def _scheduled_conv_text(shape, target):
 def test_float_conv_plans_on_x86(name, plan):
     module, scheduled = _scheduled_conv_text(REAL_CONVS[name], AVX512)
     assert ('kernel_layout="HWIO"' in module) == (plan == "channels")
-    assert "T.vectorized" in scheduled and "T.parallel" in scheduled and 'scope="local"' in scheduled
+    assert "T.vectorized" in scheduled and "T.parallel" in scheduled
+    # the accumulator tile: a "pixels" one under STACK_BYTES ("global": the stack), a "channels" one "local"
+    assert ('scope="local"' in scheduled) == (plan == "channels")
+    assert ("conv2d_nchw_global = T.sblock_alloc_buffer" in scheduled) == (plan == "pixels")
 
 
 def test_float_convs_untouched_on_aarch64():
@@ -189,7 +192,7 @@ def test_pooling_windows_side_by_side_equal_numpy(pool):
 def test_register_tiles_below_stack_bytes_are_global():
     """TVM puts a small "global" buffer on the stack (registers) and takes every "local" one from the
     workspace: register tiles under STACK_BYTES are "global"."""
-    from sdbnn_deploy.tvm.schedule_float import register_scope
+    from sdbnn_deploy.tvm.float_conv import register_scope
     from sdbnn_deploy.tvm.schedule_x86 import STACK_BYTES
     assert register_scope(4) == register_scope(STACK_BYTES - 1) == "global"
     assert register_scope(STACK_BYTES) == "local"

@@ -47,15 +47,13 @@ from sdbnn_deploy.tvm import OP_ATTR
 from sdbnn_deploy.tvm.se_block import (fuse_se_block, merge_binarize_into_se, merge_se_into_producer,
                                        sum_in_producer)
 from sdbnn_deploy.tvm.batchnorm_affine import batchnorm_as_affine
-from sdbnn_deploy.tvm.float_conv import (MIN_PARALLEL_WORK, float_lanes, linear_coefficient, schedule_conv_function,
-                                         weights_to_hwio)
+from sdbnn_deploy.tvm.float_conv import (FLOAT_BYTES, MIN_PARALLEL_WORK, float_lanes, linear_coefficient,
+                                         register_scope, schedule_conv_function, weights_to_hwio)
 from sdbnn_deploy.tvm.float_matmul import matmul_weights_nk, schedule_matmul_function
 from sdbnn_deploy.tvm.pool_before_cast import max_pool_before_cast, schedule_integer_pool
 from sdbnn_deploy.tvm.pool_channels_last import pool_channels_last, schedule_channels_last_pool
-from sdbnn_deploy.tvm.schedule_x86 import STACK_BYTES
 
 VECTOR_WIDTHS = (16, 8, 4)  # float32 lanes: zmm, ymm, xmm
-FLOAT_BYTES = 4
 ROWS_SIDE_BY_SIDE = 8  # outputs of a plain sum reduced together (8 measured faster than 16 on the SE means)
 
 
@@ -238,14 +236,6 @@ def _side_by_side(sch: s_tir.Schedule, block, inner, reduce: list, vector: bool)
     store = sch.cache_write(block, 0, register_scope(ROWS_SIDE_BY_SIDE * FLOAT_BYTES))
     sch.reverse_compute_at(store, outer)
     sch.decompose_reduction(block, reduce[0])
-
-
-def register_scope(nbytes: int) -> str:
-    """The scope for a register tile of nbytes: "global" below STACK_BYTES, "local" above. TVM puts a
-    constant "global" buffer under STACK_BYTES on the stack, where LLVM keeps it in registers, and takes
-    every "local" one from the workspace (a TVMBackendAllocWorkspace call per kernel call, and per
-    iteration inside a parallel loop): se_shift 16x32x32, one core, 0.60 -> 0.42 us."""
-    return "global" if nbytes < STACK_BYTES else "local"
 
 
 def _moves_last_index(block, position: int) -> bool:
