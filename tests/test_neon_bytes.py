@@ -19,16 +19,13 @@ from sdbnn_deploy.targets import get_target
 from sdbnn_deploy.tvm import OP_ATTR, apply_schedules, conv_kernels, kernels, kernels_arm, schedule_arm
 
 RPI4 = get_target("rpi4")
-MAX_INSTRUCTIONS_PER_128 = 3.5
-# Cin <= 128 at 3x3: one quad per tap, so the tile loop (8 accumulators, 72 cnt) is the innermost loop with
-# cnt and holds the tile's end: two pixel trees, the conv and the stores (3.49 stride 1, 3.51 stride 2;
-# 3.64-3.72 before kernels_arm's offsets and doubled counts, 4.92 with the halving lane sums).
-MAX_INSTRUCTIONS_PER_128_ONE_QUAD = 3.53
+MAX_INSTRUCTIONS_PER_128 = 3.5  # Cin <= 128 at 3x3 too, whose tile loop holds the tile's end (3.49-3.50)
 
 # n, cin, h, w, cout, k, stride, pad, mode: odd channel counts, kernels 1/3/5, strides 1/2, padding 0/1/2,
 # all three output modes, and each way the reduction is cut into uint8 chunks (kernels_arm.chunking).
 CONV_CASES = [
-    (1, 3, 7, 6, 5, 3, 1, 1, "int"),  # one partial word in a quad of zeros; chunk "all"
+    (1, 3, 7, 6, 5, 3, 1, 1, "int"),  # one partial word in a quad of zeros; chunk "all", columns in pairs
+    (1, 64, 5, 5, 12, 3, 1, 1, "affine"),  # an odd output width: one tree per pixel
     (2, 17, 6, 5, 9, 5, 2, 2, "bits"),  # 5x5, stride 2, pad 2
     (1, 80, 5, 7, 70, 3, 2, 1, "affine"),  # two words = one quad; Cout over one output word
     (1, 130, 6, 6, 19, 5, 1, 2, "bits"),  # 5x5 over 2 quads: 50 quads -> chunk "row"
@@ -122,15 +119,18 @@ def test_bits_limits_takes_no_offsets():
                                   strides=(1, 1), pads=(1, 1), mode="bits_limits", offsets=True)
 
 
-def test_a_tile_of_fewer_channels_keeps_whole_blocks_where_a_tree_sums_them():
-    """A shape's tile_vectors below V would make each tile recompute its block's popcounts for the pixel
-    tree (kernels_arm._pixel_tree): the schedule keeps whole blocks there, and only there."""
+@pytest.mark.parametrize("param, value", [("tile_vectors", 2), ("tile_pixels", 1)])
+def test_a_smaller_tile_keeps_what_a_tree_sums(param, value):
+    """The pixel tree sums a weight block's channels (kernels_arm._pixel_tree) and, with an even output
+    width, two columns (_pixel_pair_tree): a shape's tile_vectors below V or tile_pixels 1 would make each
+    tile recompute the popcounts of the rest, so the schedule keeps whole blocks and column pairs where a
+    tree sums them (Cin 64), and only there (Cin 256: uaddlv per output)."""
     for cin, tree in ((64, True), (256, False)):
         mod, _, _ = _conv_module([(1, cin, 8, 8, 8, 3, 1, 1, "int")])
         (gvar,) = [gv for gv, func in mod.functions.items() if isinstance(func, tvm.tirx.PrimFunc)]
         key = schedule_arm.conv_key(tvm.s_tir.Schedule(mod[gvar]))
-        fewer = {**RPI4.params, "shapes": {key: {"tile_vectors": 2}}}
-        schedules = [apply_schedules(mod, RPI4.schedule, params)[gvar] for params in (RPI4.params, fewer)]
+        smaller = {**RPI4.params, "shapes": {key: {param: value}}}
+        schedules = [apply_schedules(mod, RPI4.schedule, params)[gvar] for params in (RPI4.params, smaller)]
         assert tvm_ffi.structural_equal(*schedules) == tree, cin
 
 
@@ -176,16 +176,14 @@ def test_byte_lane_conv_under_qemu_equals_reference(tmp_path):
         np.testing.assert_array_equal(got, want, err_msg=str(case))
 
 
-@pytest.mark.parametrize("cin, bound", [(256, MAX_INSTRUCTIONS_PER_128), (512, MAX_INSTRUCTIONS_PER_128),
-                                        (64, MAX_INSTRUCTIONS_PER_128_ONE_QUAD),
-                                        (128, MAX_INSTRUCTIONS_PER_128_ONE_QUAD)])
-def test_rpi4_conv_hot_loop_instructions_per_128_bit_macs(tmp_path, cin, bound):
+@pytest.mark.parametrize("cin", [256, 512, 64, 128])
+def test_rpi4_conv_hot_loop_instructions_per_128_bit_macs(tmp_path, cin):
     mod, _, _ = _conv_module([(1, cin, 8, 8, 32, 3, 1, 1, "int")])
     loops = asm_count.count(_export(mod, tmp_path / "conv.so"))
     for loop in loops:
         print(f"rpi4 conv Cin={cin} 3x3: {loop.function} hot loop {loop.instructions} instructions, "
               f"{loop.byte_cnts} cnt .16b: {loop.per_128_bit_macs:.3f} instructions per 128 bit-MACs")
-        assert loop.per_128_bit_macs <= bound
+        assert loop.per_128_bit_macs <= MAX_INSTRUCTIONS_PER_128
         assert loop.mnemonics.get("eor", 0) == loop.byte_cnts  # one eor per cnt .16b
         # widening never per 16 bytes: one uadalp per output and chunk (Cin 512: a kernel row, 3 taps of 4
         # quads), 3 uaddlp in a pixel's tree of 4 outputs (Cin <= 128: 9 taps of one quad)
@@ -227,11 +225,11 @@ def test_resnet20_for_rpi4_under_qemu_equals_onnxruntime(tmp_path):
     for loop in asm_count.count(artifact.path):  # Cin <= 64: one quad per tap, the tile epilogue is in the loop
         print(f"resnet20 rpi4 {loop.function}: {loop.per_128_bit_macs:.2f} instructions per 128 bit-MACs")
         assert loop.mnemonics.get("eor", 0) == loop.byte_cnts
-        assert loop.per_128_bit_macs <= MAX_INSTRUCTIONS_PER_128_ONE_QUAD
-        # 3x3 taps: a pixel's 4 counts from one tree (kernels_arm._pixel_tree): 2 uaddlp, 4 addp, no uaddlv,
-        # then one umlsl (y = offset - 2*count)
-        assert loop.mnemonics.get("uaddlp", 0) * 18 == loop.byte_cnts == loop.mnemonics.get("addp", 0) * 9
-        assert loop.mnemonics.get("umlsl", 0) * 36 == loop.byte_cnts
+        assert loop.per_128_bit_macs <= MAX_INSTRUCTIONS_PER_128
+        # 3x3 taps, even widths: two pixels' 4 counts from one tree (kernels_arm._pixel_pair_tree): 4 uaddlp,
+        # 7 addp, no uaddlv, then umlsl and umlsl2 (y = offset - 2*count)
+        assert loop.mnemonics.get("uaddlp", 0) * 18 == loop.byte_cnts == loop.mnemonics.get("addp", 0) * 72 / 7
+        assert (loop.mnemonics.get("umlsl", 0) + loop.mnemonics.get("umlsl2", 0)) * 36 == loop.byte_cnts
         assert "uaddlv" not in loop.mnemonics
         assert not any(m.startswith(("uxtl", "uaddw")) or m == "uaddl" for m in loop.mnemonics)
 

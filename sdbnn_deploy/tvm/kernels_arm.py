@@ -27,7 +27,8 @@ two instructions per pixel; the freed register ended 7 reloads of spilled inputs
   halvings, lane moves and widenings of about 12 instructions per output, which for a one-quad tap
   (Cin <= 128, 9 popcounts per output at 3x3) cost more than the popcounts' adds. Where there is one chunk
   of at most 15 quads (Cin <= 128 at 3x3) and V = 4, the 4 channels of a pixel are summed together by a
-  pairwise tree instead (_pixel_tree), which leaves their counts in one register.
+  pairwise tree instead (_pixel_tree), which leaves their counts in one register; with an even output
+  width one tree sums two columns' (_pixel_pair_tree).
 
 How the reduction (kh, kw, quads) is cut into chunks (`chunking`, the first that fits):
   "all":   kh*kw*quads <= 31: one chunk, nothing is widened before the end;
@@ -106,23 +107,45 @@ def _byte_pair(part: te.Tensor, idx: tuple, lane):
     return tirx.Shuffle([pairs], [lane])
 
 
-def _pixel_tree(part: te.Tensor, idx: tuple, v):
-    """int32 sum of the 16 byte lanes of part[idx + (v,)], one of the TREE_LANES channels of a weight
-    block at one pixel, taken from a pairwise tree over all of them: `addp .16b` of channels 0,1 and 2,3
-    (the caller makes sure a doubled byte cannot wrap), `uaddlp .8h` of each, `addp .8h` of the two, then
-    `addp .8h` of that with itself leaves the 4 counts in the low 4 lanes of one register: 6 instructions,
-    where one `uaddlv` per channel and 3 lane inserts to make the conv stage's vector took 7. The count is
-    returned doubled, as a widening multiply by 2 (`umull`), which LLVM merges with the conv stage's
-    subtraction from the offsets into one `umlsl` (the last pairwise add and the doubling had been a
-    `uaddlp .4s` and an `add`). The channels extract lanes of the same pure calls, which LLVM computes
-    once."""
+def _pixel_tree(part: te.Tensor, i, y, x, b, v):
+    """int32 twice the sum of the 16 byte lanes of part[i, y, x, b, v], one of the TREE_LANES channels of a
+    weight block at one pixel, taken from a pairwise tree over all of them: _channel_pairs, then `addp .8h`
+    of that with itself leaves the 4 counts in the low 4 lanes of one register (6 instructions, where one
+    `uaddlv` per channel and 3 lane inserts to make the conv stage's vector took 7), doubled by _doubled.
+    The channels extract lanes of the same pure calls, which LLVM computes once."""
+    pairs = _channel_pairs(part, (i, y, x, b))
+    return tirx.Shuffle([_doubled(_intrin("uint16x8", "addp.v8i16", pairs, pairs), 0)], [v])
+
+
+def _pixel_pair_tree(part: te.Tensor, i, y, x, b, v):
+    """_pixel_tree's value for output column x from one tree over the two columns 2*(x//2) and
+    2*(x//2) + 1 (the output width even; the schedule keeps them in one tile): the last `addp .8h` adds
+    the two pixels' _channel_pairs into one register, their 4 counts each in one half, where _pixel_tree
+    takes one per pixel (ResNet-18's 64->128 stride 2 3x3 conv, rpi4: 253 -> 252 instructions per 72
+    `cnt .16b` in the tile loop)."""
+    left = x // 2 * 2
+    both = _intrin("uint16x8", "addp.v8i16", _channel_pairs(part, (i, y, left, b)),
+                   _channel_pairs(part, (i, y, left + 1, b)))
+    return tirx.if_then_else(x % 2 == 0, tirx.Shuffle([_doubled(both, 0)], [v]),
+                             tirx.Shuffle([_doubled(both, TREE_LANES)], [v]))
+
+
+def _channel_pairs(part: te.Tensor, idx: tuple):
+    """uint16x8 of the halves of the counts of the TREE_LANES channels part[idx + (k,)] (lanes 2k and 2k+1:
+    channel k): `addp .16b` of channels 0,1 and 2,3 (the caller makes sure a doubled byte cannot wrap),
+    `uaddlp .8h` of each, then `addp .8h` of the two: 5 instructions."""
     a, b, c, d = (part[idx + (k, tirx.Ramp(0, 1, QUAD_BYTES))] for k in range(TREE_LANES))
     low = _intrin("uint16x8", "uaddlp.v8i16.v16i8", _intrin("uint8x16", "addp.v16i8", a, b))
     high = _intrin("uint16x8", "uaddlp.v8i16.v16i8", _intrin("uint8x16", "addp.v16i8", c, d))
-    pairs = _intrin("uint16x8", "addp.v8i16", low, high)  # lanes 2v, 2v+1: halves of channel v's count
-    counts = tirx.Shuffle([_intrin("uint16x8", "addp.v8i16", pairs, pairs)], list(range(TREE_LANES)))
-    doubled = _intrin("int32x4", "umull.v4i32", counts, tirx.Broadcast(tirx.const(2, "uint16"), TREE_LANES))
-    return tirx.Shuffle([doubled], [v])
+    return _intrin("uint16x8", "addp.v8i16", low, high)
+
+
+def _doubled(counts, first: int):
+    """int32x4: twice lanes first .. first+3 of the uint16x8 counts, as a widening multiply by 2 (`umull`),
+    which LLVM merges with the conv stage's subtraction from the offsets into one `umlsl` (or `umlsl2`, the
+    high half); the last pairwise add and the doubling had been a `uaddlp .4s` and an `add`."""
+    lanes = tirx.Shuffle([counts], list(range(first, first + TREE_LANES)))
+    return _intrin("int32x4", "umull.v4i32", lanes, tirx.Broadcast(tirx.const(2, "uint16"), TREE_LANES))
 
 
 def _intrin(dtype: str, name: str, *args):
@@ -159,7 +182,8 @@ def binary_conv2d(x: te.Tensor, weights: te.Tensor, offsets: te.Tensor, *extra: 
         part = te.compute(spatial + (QUAD_BYTES,), lambda i, y, xx, b, v, byte: te.sum(
             popcount(i, y, xx, b, v, byte, r, s, q), axis=[r, s, q]), name="popcount_bytes")
         if lanes == TREE_LANES and kh * kw * quads * 16 <= 0xFF:  # a byte lane's sum doubled fits a byte
-            counts = te.compute(spatial, lambda i, y, xx, b, v: _pixel_tree(part, (i, y, xx, b), v), name="popcount")
+            tree = _pixel_pair_tree if ow % 2 == 0 else _pixel_tree
+            counts = te.compute(spatial, lambda *idx: tree(part, *idx), name="popcount")
         else:
             counts = te.compute(spatial, lambda *idx: _across_lanes(part, idx, QUAD_BYTES), name="popcount")
     elif name == "row":

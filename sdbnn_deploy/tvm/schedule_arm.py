@@ -28,8 +28,9 @@ instructions per 128 bit-MACs (sdbnn_deploy.asm_count). After each chunk one `ua
 pairs into 8 uint16 lanes, at the end one `uaddlv` adds the lanes into the output's count (with one small
 chunk, a pixel's 4 counts come from one pairwise tree: kernels_arm._pixel_tree). With one chunk (Cin <= 128
 at 3x3) the tile loop is the innermost loop with `cnt` and holds the tile's end too: 3.49 instructions per
-128 bit-MACs (251 per 72 `cnt .16b`; stride 2: 3.51) since kernels_arm lays out offsets and doubles the
-counts and the tile's loops come in TILE_ORDER (3.64-3.72 before). Tried and dropped (rpi4, 2026-11): 4 x 4 tiles for Cin <= 256 and
+128 bit-MACs (251 per 72 `cnt .16b`; stride 2: 3.50) since kernels_arm lays out offsets, doubles the
+counts and sums two columns in one tree (even widths: _sums_column_pairs) and the tile's loops come in
+TILE_ORDER (3.64-3.72 before). Tried and dropped (rpi4, 2026-11): 4 x 4 tiles for Cin <= 256 and
 7 x 2 tiles on rows of 7 lower that figure (3.31 and 3.55-3.62) only by leaving the tile's end outside the
 counted loop (scalar, about 5 instructions per output); counted under qemu (QEMU_LOG=in_asm,exec,nochain,
 executed blocks x their sizes) the whole conv does more per `cnt .16b`: 4.57 -> 4.88 (Cin 64, stride 1),
@@ -43,8 +44,9 @@ uadalp widening, 7 x 1 and 7 x 2 tiles on rows of 7 (Cin 512: 4.05 -> 4.29 and 4
 4.44), the blocks' loop outside the pixel tiles' (the weights invariant instead of the inputs: Cin 64
 4.09 -> 4.22, Cin 256 stride 2 4.22 -> 4.51) and, for "bits", kernels' "bits_limits" (Cin 128: 4.03 ->
 4.07). With 8 accumulators a Cin <= 128 3x3 tile takes 251 instructions per 72 `cnt .16b`: 208 eor, cnt
-and add, 18 ldp of weights (the inputs stay in registers), 14 for the two pixel trees and their `umlsl`
-(y = offset - 2*count), 11 for the offsets' loads, the constant 2 (movi), the stores and the loop.
+and add, 18 ldp of weights (the inputs stay in registers), 13 for the tree of the two pixels and their
+`umlsl` and `umlsl2` (y = offset - 2*count), 12 for the offsets' loads, the constant 2 (a `movi` for each
+half: LLVM makes two), the stores and the loop.
 
 Without byte_lanes (kernels.binary_conv2d): one q register holds V = 2 uint64 weight words (two output
 channels); LLVM lowers the uint64 popcount to `cnt v.16b` and widens at every step (uaddlp .8h,
@@ -52,7 +54,7 @@ uaddlp .4s, uadalp .2d): about 6 instructions per 128 bit-MACs. Kept for compari
 `Schedule.tensorize` is not used: it segfaults in this wheel pair (apache-tvm 0.27.0.post1 +
 apache-tvm-ffi 0.1.15.post2, the save_json crash of tvm-notes.md).
 """
-from tvm import s_tir
+from tvm import s_tir, tirx
 
 from sdbnn_deploy.tvm import ScheduleParamError, kernels, kernels_arm, largest_divisor
 from sdbnn_deploy.tvm.schedule_x86 import _extent, _mode, _parallel_rows
@@ -151,7 +153,10 @@ def _schedule_byte_lanes(sch: s_tir.Schedule, params) -> None:
     sch.vectorize(sch.get_loops(pad)[-1])
 
     n, oh, ow, b, v = sch.get_loops(conv)
-    tw = largest_divisor(_extent(sch, ow), choice["tile_pixels"])
+    if _sums_column_pairs(sch, counts):  # whole pairs of columns per tile
+        tw = 2 * largest_divisor(_extent(sch, ow) // 2, max(1, choice["tile_pixels"] // 2))
+    else:
+        tw = largest_divisor(_extent(sch, ow), choice["tile_pixels"])
     tv = _extent(sch, v) if _sums_whole_blocks(sch, counts) else largest_divisor(_extent(sch, v),
                                                                                  choice["tile_vectors"])
     owo, owi = sch.split(ow, [None, tw])
@@ -195,6 +200,15 @@ def _sums_whole_blocks(sch: s_tir.Schedule, counts) -> bool:
     """Whether each output's lane sum reads every channel of its weight block (kernels_arm._pixel_tree):
     then a tile of fewer channels would recompute the block's popcounts, so the tile takes them all."""
     return any(read.source.name == "popcount_bytes" and int(read.region[4].extent) > 1  # part's lanes axis
+               for read in sch.get(counts).reads)
+
+
+def _sums_column_pairs(sch: s_tir.Schedule, counts) -> bool:
+    """Whether each output's lane sum reads the popcounts of two output columns (kernels_arm's
+    _pixel_pair_tree): then a tile takes whole pairs of columns (a tile of one column would compute its
+    pair's popcounts too), even where tile_pixels asks for 1."""
+    return any(read.source.name == "popcount_bytes" and not (isinstance(read.region[2].extent, tirx.IntImm)
+                                                              and int(read.region[2].extent) == 1)  # columns
                for read in sch.get(counts).reads)
 
 
@@ -250,7 +264,10 @@ def _schedule_word_lanes(sch: s_tir.Schedule, params) -> None:
     _parallel_rows(sch, pad)
 
     n, oh, ow, b, v = sch.get_loops(conv)
-    tw = largest_divisor(_extent(sch, ow), choice["tile_pixels"])
+    if _sums_column_pairs(sch, counts):  # whole pairs of columns per tile
+        tw = 2 * largest_divisor(_extent(sch, ow) // 2, max(1, choice["tile_pixels"] // 2))
+    else:
+        tw = largest_divisor(_extent(sch, ow), choice["tile_pixels"])
     tb = largest_divisor(_extent(sch, b), _param(params, "tile_vectors"))
     owo, owi = sch.split(ow, [None, tw])
     bo, bi = sch.split(b, [None, tb])
