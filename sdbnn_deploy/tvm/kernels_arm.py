@@ -111,23 +111,31 @@ def _pixel_tree(part: te.Tensor, i, y, x, b, v):
     """int32 twice the sum of the 16 byte lanes of part[i, y, x, b, v], one of the TREE_LANES channels of a
     weight block at one pixel, taken from a pairwise tree over all of them: _channel_pairs, then `addp .8h`
     of that with itself leaves the 4 counts in the low 4 lanes of one register (6 instructions, where one
-    `uaddlv` per channel and 3 lane inserts to make the conv stage's vector took 7), doubled by _doubled.
-    The channels extract lanes of the same pure calls, which LLVM computes once."""
+    `uaddlv` per channel and 3 lane inserts to make the conv stage's vector took 7), doubled as a widening
+    multiply by 2 (`umull`), which LLVM merges with the conv stage's subtraction from the offsets into one
+    `umlsl` (the last pairwise add and the doubling had been a `uaddlp .4s` and an `add`). The channels
+    extract lanes of the same pure calls, which LLVM computes once."""
     pairs = _channel_pairs(part, (i, y, x, b))
-    return tirx.Shuffle([_doubled(_intrin("uint16x8", "addp.v8i16", pairs, pairs), 0)], [v])
+    counts = tirx.Shuffle([_intrin("uint16x8", "addp.v8i16", pairs, pairs)], list(range(TREE_LANES)))
+    doubled = _intrin("int32x4", "umull.v4i32", counts, tirx.Broadcast(tirx.const(2, "uint16"), TREE_LANES))
+    return tirx.Shuffle([doubled], [v])
 
 
 def _pixel_pair_tree(part: te.Tensor, i, y, x, b, v):
     """_pixel_tree's value for output column x from one tree over the two columns 2*(x//2) and
     2*(x//2) + 1 (the output width even; the schedule keeps them in one tile): the last `addp .8h` adds
     the two pixels' _channel_pairs into one register, their 4 counts each in one half, where _pixel_tree
-    takes one per pixel (ResNet-18's 64->128 stride 2 3x3 conv, rpi4: 253 -> 252 instructions per 72
-    `cnt .16b` in the tile loop)."""
+    takes one per pixel; one `uqadd .8h` of that with itself doubles all 8 (at most 2 * 2040: it never
+    saturates), and LLVM subtracts each half from its pixel's offsets with `usubw` and `usubw2`. Per tile of
+    2 pixels that is 2 instructions fewer than _pixel_tree's (ResNet-18's 64->64 3x3 conv, rpi4: 251 -> 250
+    instructions per 72 `cnt .16b` in the tile loop, 64->128 stride 2 253 -> 251; LLVM made two `movi` of
+    the 2 for `umlsl` and `umlsl2`, and split a plain add of the halves)."""
     left = x // 2 * 2
     both = _intrin("uint16x8", "addp.v8i16", _channel_pairs(part, (i, y, left, b)),
                    _channel_pairs(part, (i, y, left + 1, b)))
-    return tirx.if_then_else(x % 2 == 0, tirx.Shuffle([_doubled(both, 0)], [v]),
-                             tirx.Shuffle([_doubled(both, TREE_LANES)], [v]))
+    twice = _intrin("uint16x8", "uqadd.v8i16", both, both)
+    halves = [tirx.Cast("int32x4", tirx.Shuffle([twice], list(range(k, k + TREE_LANES)))) for k in (0, TREE_LANES)]
+    return tirx.if_then_else(x % 2 == 0, tirx.Shuffle([halves[0]], [v]), tirx.Shuffle([halves[1]], [v]))
 
 
 def _channel_pairs(part: te.Tensor, idx: tuple):
@@ -138,14 +146,6 @@ def _channel_pairs(part: te.Tensor, idx: tuple):
     low = _intrin("uint16x8", "uaddlp.v8i16.v16i8", _intrin("uint8x16", "addp.v16i8", a, b))
     high = _intrin("uint16x8", "uaddlp.v8i16.v16i8", _intrin("uint8x16", "addp.v16i8", c, d))
     return _intrin("uint16x8", "addp.v8i16", low, high)
-
-
-def _doubled(counts, first: int):
-    """int32x4: twice lanes first .. first+3 of the uint16x8 counts, as a widening multiply by 2 (`umull`),
-    which LLVM merges with the conv stage's subtraction from the offsets into one `umlsl` (or `umlsl2`, the
-    high half); the last pairwise add and the doubling had been a `uaddlp .4s` and an `add`."""
-    lanes = tirx.Shuffle([counts], list(range(first, first + TREE_LANES)))
-    return _intrin("int32x4", "umull.v4i32", lanes, tirx.Broadcast(tirx.const(2, "uint16"), TREE_LANES))
 
 
 def _intrin(dtype: str, name: str, *args):

@@ -27,8 +27,8 @@ partial sums stay in registers while a chunk of the reduction (at most 31 quads)
 instructions per 128 bit-MACs (sdbnn_deploy.asm_count). After each chunk one `uadalp` adds the bytes in
 pairs into 8 uint16 lanes, at the end one `uaddlv` adds the lanes into the output's count (with one small
 chunk, a pixel's 4 counts come from one pairwise tree: kernels_arm._pixel_tree). With one chunk (Cin <= 128
-at 3x3) the tile loop is the innermost loop with `cnt` and holds the tile's end too: 3.49 instructions per
-128 bit-MACs (251 per 72 `cnt .16b`; stride 2: 3.50) since kernels_arm lays out offsets, doubles the
+at 3x3) the tile loop is the innermost loop with `cnt` and holds the tile's end too: 3.47 instructions per
+128 bit-MACs (250 per 72 `cnt .16b`; stride 2: 3.49) since kernels_arm lays out offsets, doubles the
 counts and sums two columns in one tree (even widths: _sums_column_pairs) and the tile's loops come in
 TILE_ORDER (3.64-3.72 before). Tried and dropped (rpi4, 2026-11): 4 x 4 tiles for Cin <= 256 and
 7 x 2 tiles on rows of 7 lower that figure (3.31 and 3.55-3.62) only by leaving the tile's end outside the
@@ -43,10 +43,10 @@ uadalp widening, 7 x 1 and 7 x 2 tiles on rows of 7 (Cin 512: 4.05 -> 4.29 and 4
 4.22 -> 4.23 and 4.30: the uint16 lanes of 7-14 outputs spill), "row" chunks for Cin 256 (4.22 ->
 4.44), the blocks' loop outside the pixel tiles' (the weights invariant instead of the inputs: Cin 64
 4.09 -> 4.22, Cin 256 stride 2 4.22 -> 4.51) and, for "bits", kernels' "bits_limits" (Cin 128: 4.03 ->
-4.07). With 8 accumulators a Cin <= 128 3x3 tile takes 251 instructions per 72 `cnt .16b`: 208 eor, cnt
-and add, 18 ldp of weights (the inputs stay in registers), 13 for the tree of the two pixels and their
-`umlsl` and `umlsl2` (y = offset - 2*count), 12 for the offsets' loads, the constant 2 (a `movi` for each
-half: LLVM makes two), the stores and the loop.
+4.07). With 8 accumulators a Cin <= 128 3x3 tile takes 250 instructions per 72 `cnt .16b`: 208 eor, cnt
+and add, 18 ldp of weights (the inputs stay in registers), 14 for the tree of the two pixels, its
+doubling and the `usubw` and `usubw2` from the offsets (y = offset - 2*count), 10 for the offsets' loads,
+the stores and the loop.
 
 Without byte_lanes (kernels.binary_conv2d): one q register holds V = 2 uint64 weight words (two output
 channels); LLVM lowers the uint64 popcount to `cnt v.16b` and widens at every step (uaddlp .8h,
