@@ -76,33 +76,41 @@ def padded_like(output, want: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("entry", [{"tile_pixels": 16, "tile_blocks": 4}, {"tile_pixels": 8, "tile_blocks": 2,
                                                                            "tile_scope": "global"},
-                                   {"tile_pixels": 24, "tile_blocks": 5}])
+                                   {"tile_pixels": 24, "tile_blocks": 5}, {"tile_pixels": 12, "tile_blocks": 4}])
 def test_pixel_lanes_shape_entries_are_exact(entry):
-    """A shape entry's tile (and one that does not divide the extents: the default is used) gives the
-    same bits; the entry is found under the pixel-lanes key."""
+    """A shape entry's tile gives the same bits (a side that is not whole vectors or does not divide the
+    extents: that side of the default); the entry is found under the pixel-lanes key."""
     case = (64, 8, 3, 1, 1, 16, 16, "affine", 1)
     spec = get_target(RUNS_PIXELS)
     arrays, output, tensors, want = pixel_conv(np.random.default_rng(3), case, 8)
     func = tvm.te.create_prim_func(tensors + [output])
     key = schedule_x86.conv_key(tvm.s_tir.Schedule(func))
-    assert key == "16x16x1>16x16x8:3x3:affine-pixels"
+    assert key == "18x18x1>16x16x8:3x3:affine-pixels"
     params = {**spec.params, "shapes": {key: entry}}
     choice = schedule_x86.pixel_choice(tvm.s_tir.Schedule(func), params)
-    fits = 16 % entry["tile_pixels"] == 0 and 8 % entry["tile_blocks"] == 0
-    default = (schedule_x86.PIXEL_TILES["affine"][0] * schedule_x86.conv_lanes(spec.params), 8)
-    assert (choice["tile_pixels"], choice["tile_blocks"]) == ((entry["tile_pixels"], entry["tile_blocks"]) if fits
-                                                              else default)
+    lanes = schedule_x86.conv_lanes(spec.params)
+    pixels_fit = entry["tile_pixels"] % lanes == 0 and 16 % entry["tile_pixels"] == 0
+    assert choice["tile_pixels"] == (entry["tile_pixels"] if pixels_fit else schedule_x86.PIXEL_TILES["affine"][0] * lanes)
+    assert choice["tile_blocks"] == (entry["tile_blocks"] if 8 % entry["tile_blocks"] == 0 else 8)
     sch = tvm.s_tir.Schedule(func)
     schedule_x86.schedule_binary_conv2d(sch, params)
     lib = tvm.compile(sch.mod["main"].with_attr("global_symbol", "main"), target=tvm.target.Target(spec.tvm_target))
     np.testing.assert_array_equal(run(lib, arrays, padded_like(output, want)), want)
 
 
+def test_pixel_keys_tell_strides_and_pads_apart():
+    """The key names the padded input and the real output width, like a channel-lane key: a stride-1
+    pad-0 and a stride-2 pad-2 5x5 conv of the same input do not share a tuned entry."""
+    keys = {schedule_x86.conv_key(tvm.s_tir.Schedule(tune.conv_primfunc(64, 32, 5, s, p, 9, "affine", 8, pixels=True)))
+            for s, p in ((1, 0), (2, 2))}
+    assert keys == {"9x9x1>5x5x32:5x5:affine-pixels", "13x13x1>5x5x32:5x5:affine-pixels"}
+
+
 def test_pixel_lanes_reject_channel_lane_params():
     case = (64, 8, 3, 1, 1, 8, 8, "affine", 1)
     _, output, tensors, _ = pixel_conv(np.random.default_rng(0), case, 8)
     sch = tvm.s_tir.Schedule(tvm.te.create_prim_func(tensors + [output]))
-    params = {"shapes": {"8x8x1>8x8x8:3x3:affine-pixels": {"epilogue": "row"}}}
+    params = {"shapes": {"10x10x1>8x8x8:3x3:affine-pixels": {"epilogue": "row"}}}
     with pytest.raises(ScheduleParamError, match="unknown parameters \\['epilogue'\\] for a pixel-lanes conv"):
         schedule_x86.schedule_binary_conv2d(sch, params)
 
@@ -161,4 +169,4 @@ def test_tune_measures_pixel_lane_tiles():
     assert tried and all(set(c) <= {"tile_pixels", "tile_blocks", "tile_scope"} for c in tried)
     assert {c["tile_scope"] for c in tried} == {"local", "global"}
     result = tune.tune_primfunc(func, spec, tune.Measure(tune.measuring_session(spec), spec, "."), rounds=1)
-    assert result.key == "16x16x1>16x16x16:3x3:affine-pixels" and result.params in tried
+    assert result.key == "18x18x1>16x16x16:3x3:affine-pixels" and result.params in tried

@@ -155,6 +155,8 @@ def test_shipped_shape_keys_are_keys_the_importer_makes(target):
         mode = key.rsplit(":", 1)[1]
         if mode in ("bits", "affine"):  # a channel-lane key: not a shape that gets pixel lanes
             assert not (pixel_lanes(spec.params) and kernels_pixels.applies(mode, words, width, lanes)), key
+        elif mode.endswith("-pixels"):  # a shape that gets them
+            assert pixel_lanes(spec.params) and kernels_pixels.applies(mode[:-7], words, width, lanes), key
     sch = tvm.s_tir.Schedule(tune.conv_primfunc(64, 64, 3, 1, 1, 8, "int", lanes=8))
     assert schedule_x86.conv_key(sch).endswith(":int_nhwc")
     assert all("row_layout" not in c for c in tune.candidates(sch, get_target(target).params))

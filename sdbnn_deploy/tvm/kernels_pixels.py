@@ -1,4 +1,4 @@
-"""BinaryConv2d with output PIXELS in the vector lanes, for NCHW float outputs ("affine") on x86.
+"""BinaryConv2d with output PIXELS in the vector lanes, for "affine" (NCHW floats) and "bits" outputs on x86.
 
 The same rule as kernels.binary_conv2d (y = Cin*kh*kw - 2*popcount - correction, then y * scale + bias in
 float32 with two roundings) and the same two functions (prepare_conv_weights, binary_conv2d), so that
@@ -27,6 +27,7 @@ from sdbnn_deploy.bits import WORD_BITS, words_for
 from sdbnn_deploy.tvm import kernels
 from sdbnn_deploy.tvm.kernels import border_bounds, border_class
 
+PADDED_WIDTH = "sdbnn.padded_width"  # the "pad" stage's annotation: W + 2*pw
 MODES = ("affine", "bits_limits")  # the computes' modes (relax_import.compute_mode: ONNX "bits" -> "bits_limits")
 # Input words per pixel up to which a conv is emitted with pixel lanes (applies): with more, the channel
 # lanes' costs around the popcounts are small against them (Bi-Real-18's 256->256 14x14: 80%).
@@ -66,13 +67,11 @@ def prepare_conv_weights(w: np.ndarray, in_channels: int, in_hw, pads, strides, 
 
 
 def fold_thresholds(offsets: np.ndarray, thresholds: np.ndarray, taps: int) -> np.ndarray:
-    """The count limits of mode "bits_limits" from prepare_conv_weights' offsets, int64 like the counts
-    they are compared with, the same rule as kernels.fold_thresholds: an output's bit is 1 (y < threshold)
-    iff its count > floor((offset - threshold) / 2), clipped to [-1, taps]."""
-    padded = np.zeros(offsets.shape[1], dtype=np.int64)
-    padded[:len(thresholds)] = thresholds
-    limits = (offsets.astype(np.int64) - padded[None, :, None]) // 2
-    return np.clip(limits, -1, taps)
+    """The count limits of mode "bits_limits", kernels.fold_thresholds' rule on prepare_conv_weights'
+    offsets (row classes, Cout, columns), as int64 like the counts they are compared with."""
+    correction = (taps - offsets).astype(np.int32).transpose(0, 2, 1)  # channels last, as kernels lays them
+    return np.ascontiguousarray(kernels.fold_thresholds(correction, thresholds, taps).transpose(0, 2, 1),
+                                dtype=np.int64)
 
 
 def binary_conv2d(x: te.Tensor, weights: te.Tensor, offsets: te.Tensor, *extra: te.Tensor,
@@ -99,7 +98,8 @@ def binary_conv2d(x: te.Tensor, weights: te.Tensor, offsets: te.Tensor, *extra: 
         inside = tirx.all(y >= 0, y < h, xx >= 0, xx < w)
         return tirx.if_then_else(inside, x[i, y, xx, k], kernels._u64(0))
 
-    xp = te.compute((n, h + 2 * ph, cw, sw, span), padded, name="pad")
+    # The padded width, which the layout does not show, for the schedule's shape key (schedule_x86.conv_key).
+    xp = te.compute((n, h + 2 * ph, cw, sw, span), padded, name="pad", attrs={PADDED_WIDTH: w + 2 * pw})
     r, s, k = te.reduce_axis((0, kh), name="r"), te.reduce_axis((0, kw), name="s"), te.reduce_axis((0, cw), name="k")
     counts = te.compute(
         (n, cout, oh, owp),

@@ -72,7 +72,7 @@ import tvm
 from tvm import s_tir
 
 from sdbnn_deploy.bits import WORD_BITS
-from sdbnn_deploy.tvm import ScheduleParamError, largest_divisor
+from sdbnn_deploy.tvm import ScheduleParamError, kernels_pixels, largest_divisor
 
 DEFAULTS = {"lanes": 8, "accumulators": 16, "tile_pixels": 0, "tile_blocks": 0, "epilogue": "auto",
             "channel_parts": 0, "row_layout": "pixels", "tile_scope": "local", "pixel_lanes": False, "shapes": {}}
@@ -132,8 +132,8 @@ def default_tile(width: int, blocks: int, accumulators: int):
 def conv_key(sch: s_tir.Schedule) -> str:
     """The shape key of a BinaryConv2d PrimFunc: padded input (H x W x words) > output (OH x OW x blocks),
     kernel, output mode, e.g. "34x34x2>32x32x16:3x3:bits". The stride follows from these.
-    With pixel lanes (kernels_pixels): input (H x W x words, unpadded) > output (OH x OW x channels),
-    kernel, "affine-pixels", e.g. "32x32x1>32x32x64:3x3:affine-pixels"."""
+    With pixel lanes (kernels_pixels): the same, with output channels for blocks and the mode followed
+    by "-pixels", e.g. "34x34x1>32x32x64:3x3:affine-pixels"."""
     if pixel_lanes(sch):
         return _pixel_key(sch)
     pad = sch.get(sch.get_sblock("pad"))
@@ -366,11 +366,11 @@ def _pixel_mode(sch: s_tir.Schedule) -> str:
 
 
 def _pixel_key(sch: s_tir.Schedule) -> str:
-    _, h, w, cw = (int(d) for d in sch.mod["main"].params[0].shape)
+    pad = sch.get(sch.get_sblock("pad"))
+    _, hp, cw, sw, _ = (int(iv.dom.extent) for iv in pad.iter_vars)
+    wp = int(pad.annotations[kernels_pixels.PADDED_WIDTH])
     _, cout, oh, _, kh, kw, _ = (int(iv.dom.extent) for iv in sch.get(sch.get_sblock("popcount")).iter_vars)
-    mode = _pixel_mode(sch)
-    ow = int(sch.get(sch.get_sblock("output")).iter_vars[2 if mode == "bits" else 3].dom.extent)
-    return f"{h}x{w}x{cw}>{oh}x{ow}x{cout}:{kh}x{kw}:{mode}-pixels"
+    return f"{hp}x{wp}x{cw}>{oh}x{(wp - kw) // sw + 1}x{cout}:{kh}x{kw}:{_pixel_mode(sch)}-pixels"
 
 
 def pixel_tile_extents(sch: s_tir.Schedule, lanes: int):
@@ -384,8 +384,8 @@ def pixel_tile_extents(sch: s_tir.Schedule, lanes: int):
 def pixel_choice(sch: s_tir.Schedule, params) -> dict:
     """tile_pixels (output pixels, whole vectors of lanes), tile_blocks (here: output CHANNELS) and
     tile_scope of a pixel-lanes conv: its `shapes` entry, else PIXEL_TILES of its mode, in scope
-    "global" where it fits under STACK_BYTES; a tile that does not divide the extents falls back to the
-    largest divisors within the default."""
+    "global" where it fits under STACK_BYTES; a side of the entry's tile that is not whole vectors or
+    does not divide the extents falls back to the largest divisor within the default's side."""
     entry = (_param(params, "shapes") or {}).get(conv_key(sch), {})
     unknown = sorted(set(entry) - {"tile_pixels", "tile_blocks", "tile_scope"})
     if unknown:
@@ -394,8 +394,9 @@ def pixel_choice(sch: s_tir.Schedule, params) -> dict:
     lanes = conv_lanes(params)
     width, cout = pixel_tile_extents(sch, lanes)
     default = PIXEL_TILES[_pixel_mode(sch)]
-    vectors, channels = int(entry.get("tile_pixels", default[0] * lanes)) // lanes, int(entry.get("tile_blocks", 0))
-    if vectors <= 0 or width % vectors:
+    pixels, channels = int(entry.get("tile_pixels", default[0] * lanes)), int(entry.get("tile_blocks", 0))
+    vectors = pixels // lanes
+    if vectors <= 0 or pixels % lanes or width % vectors:
         vectors = largest_divisor(width, default[0])
     if channels <= 0 or cout % channels:
         channels = largest_divisor(cout, default[1])
@@ -414,9 +415,9 @@ def schedule_pixel_lanes(sch: s_tir.Schedule, params) -> None:
 
     affine: the tiles run per row, channel tile and pixel tile, each ending in its registers: y =
     offsets - 2*count in floats, * scale + bias, stored as a piece of each channel's output row.
-    bits: per row and pixel tile, the output words of those pixels are the outer loop; each word's 64
-    channels run as 64 / tile_blocks tiles, each comparing its counts with the limits and ORing the bits
-    into the word's vector of pixels, which stays in a register until it is stored.
+    bits: per row and pixel tile, the output words of those pixels are the outer loop; each word's
+    channels (64, or Cout where fewer) run as tiles of tile_blocks, each comparing its counts with the
+    limits and ORing the bits into the word's vector of pixels, which stays in a register until stored.
     One core, AVX-512, against the channel-lane conv with its tuned entry: ResNet-18's 64->64 32x32
     affine 24.2 -> 16.7 us, bits 18.3 -> 15.0 us, 128->256 s2 bits 8.9 -> 7.7 us; Bi-Real's 64->64
     56x56 affine 65.4 -> 50.4 us; VGG-Small dynamic's 128->256 16x16 affine 39.6 -> 29.1 us."""
