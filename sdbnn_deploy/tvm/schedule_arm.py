@@ -43,7 +43,14 @@ uadalp widening, 7 x 1 and 7 x 2 tiles on rows of 7 (Cin 512: 4.05 -> 4.29 and 4
 4.22 -> 4.23 and 4.30: the uint16 lanes of 7-14 outputs spill), "row" chunks for Cin 256 (4.22 ->
 4.44), the blocks' loop outside the pixel tiles' (the weights invariant instead of the inputs: Cin 64
 4.09 -> 4.22, Cin 256 stride 2 4.22 -> 4.51) and, for "bits", kernels' "bits_limits" (Cin 128: 4.03 ->
-4.07). With 8 accumulators a Cin <= 128 3x3 tile takes 250 instructions per 72 `cnt .16b`: 208 eor, cnt
+4.07). Dropped later that day (same measure): on rows of 7, tiles of 2 pixels with the last guarded
+and the pixel-tile loop annotated pragma_loop_partition_hint (the guards stay in the tile: 7x7 Cin 256
+stride 2 4.20 -> 5.71); a tile's channels outside the reductions (Cin 64 3.94 -> 4.03, 7x7 Cin 256
+stride 2 4.20 -> 5.10); the reductions in the order q, r, s (7x7 Cin 256 stride 2 4.20 -> 4.71: LLVM
+keeps the q loop) or s, r, q (4.22); a 7x7 shape's tile_vectors 2 or 1 (Cin 256 stride 2 4.20 -> 5.00,
+4.50; Cin 512 4.04 -> 4.39, 4.98); LLVM options through the target's cl-opt: misched and regalloc
+switches changed nothing (string-valued ones do not parse in this TVM), -misched-cluster=false spilled
+(Cin 64 3.94 -> 4.07). With 8 accumulators a Cin <= 128 3x3 tile takes 250 instructions per 72 `cnt .16b`: 208 eor, cnt
 and add, 18 ldp of weights (the inputs stay in registers), 14 for the tree of the two pixels, its
 doubling and the `usubw` and `usubw2` from the offsets (y = offset - 2*count), 10 for the offsets' loads,
 the stores and the loop.
