@@ -39,7 +39,7 @@ merge_binarize_into_se puts each BinarizePack into the call of the kernel that c
 (se_block.py).
 """
 import tvm
-from tvm import s_tir
+from tvm import relax, s_tir
 from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 from tvm.s_tir.dlight import normalize_prim_func
 
@@ -67,11 +67,19 @@ def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
                      matmul_weights_nk(target)]
                   + _with_se_merge(cpu_pipeline.legalize_passes(target))
                   + [schedule_float_ops(), merge_binarize_into_se()] + cpu_pipeline.dataflow_lower_passes(target)
-                  + cpu_pipeline.finalize_passes(target))
+                  + _without_output_tuples() + cpu_pipeline.finalize_passes(target))
         with target:
             return tvm.transform.Sequential(passes)(mod)
 
     return _pipeline
+
+
+def _without_output_tuples() -> list:
+    """After CallTIRRewrite: a kernel with several outputs leaves a tuple of its output tensors that only
+    TupleGetItems read; CanonicalizeBindings makes those read the tensors and DeadCodeElimination drops
+    the tuple, which the VM would otherwise build at every call (make_tuple; ResNet-20 dynamic has 17:
+    end to end, 1 thread, 0.0891 -> 0.0869 ms)."""
+    return [relax.transform.CanonicalizeBindings(), relax.transform.DeadCodeElimination()]
 
 
 def _with_se_merge(passes: list) -> list:
