@@ -176,7 +176,8 @@ def conv_output_stage(counts: te.Tensor, correction: te.Tensor, *extra: te.Tenso
     output of `mode` (see binary_conv2d). With `offsets` (kernels_arm's form) the correction array holds
     taps - correction and the counts hold twice the popcount: y = offset - counts, one subtraction and one
     constant fewer per output vector in the tile, and the doubling where it is free (kernels_arm's pixel
-    tree: a widening multiply, which LLVM merges with the subtraction into `umlsl`); for "bits" a stage
+    trees: for one column a widening multiply, which LLVM merges with the subtraction into `umlsl`; for a
+    pair of columns one `uqadd .8h`, subtracted with `usubw`/`usubw2`); for "bits" a stage
     "offsets_bits" subtracts the clamped thresholds from the offsets once per call (in the tile, their
     loads and clamps took 7 instructions of a Cin 128 tile's 266). Not with "bits_limits", whose array
     holds count limits.

@@ -271,10 +271,7 @@ def _schedule_word_lanes(sch: s_tir.Schedule, params) -> None:
     _parallel_rows(sch, pad)
 
     n, oh, ow, b, v = sch.get_loops(conv)
-    if _sums_column_pairs(sch, counts):  # whole pairs of columns per tile
-        tw = 2 * largest_divisor(_extent(sch, ow) // 2, max(1, choice["tile_pixels"] // 2))
-    else:
-        tw = largest_divisor(_extent(sch, ow), choice["tile_pixels"])
+    tw = largest_divisor(_extent(sch, ow), choice["tile_pixels"])  # (no column-pair trees in word lanes)
     tb = largest_divisor(_extent(sch, b), _param(params, "tile_vectors"))
     owo, owi = sch.split(ow, [None, tw])
     bo, bi = sch.split(b, [None, tb])
