@@ -43,3 +43,28 @@ def test_binarize_pack_matches_reference(target, channels, h, w, per_sample):
         return  # compiled (the schedule applies); this CPU cannot run it
     want = binarize_pack.reference(x, shift)
     np.testing.assert_array_equal(run(lib, [x, shift], want), want)
+
+
+@pytest.mark.parametrize("target", sorted(t for t, runnable in RUNNABLE.items() if runnable))
+def test_binarize_pack_compares_like_the_sum_at_float_edges(target):
+    """The kernel tests X > -shift for X + shift > 0: the same bit for values one or two ulps either side
+    of -shift, subnormals, sums that overflow, signed zeros, infinities and NaN (against the reference's
+    X + shift > 0 in numpy)."""
+    rng = np.random.default_rng(11)
+    channels, h, w = 64, 8, 16
+    shift = rng.standard_normal((2, channels)).astype(np.float32)
+    shift[:, :8] = [0.0, -0.0, 1e-45, -1e-45, 3e38, -3e38, np.inf, np.nan]
+    x = np.broadcast_to(-shift[:, :, None, None], (2, channels, h, w)).astype(np.float32)
+    steps = rng.integers(-2, 3, size=x.shape)  # ulps away from -shift
+    with np.errstate(over="ignore"):  # the next float after 3e38 is inf
+        for _ in range(2):
+            x = np.where(steps > 0, np.nextafter(x, np.float32(np.inf)), x)
+            x = np.where(steps < 0, np.nextafter(x, np.float32(-np.inf)), x).astype(np.float32)
+            steps = steps - np.sign(steps)
+    x[0, :, 0, :8] = [0.0, -0.0, 1e-45, -1e-45, 3e38, -3e38, np.inf, -np.inf]
+    x[1, :, 1, :2] = np.nan
+    tensors = placeholders([x, shift], ["x", "shift"])
+    lib = build("BinarizePack", kernels.binarize_pack(*tensors), tensors, target)
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = binarize_pack.reference(x, shift)
+    np.testing.assert_array_equal(run(lib, [x, shift], want), want)

@@ -56,9 +56,12 @@ def binarize_pack(x: te.Tensor, shift: te.Tensor) -> te.Tensor:
         # min(ch, C-1). Select, not if_then_else: TVM scalarises an if_then_else in a vectorised loop.
         # The bit is set where NOT (X + shift > 0), written as the Select's else branch: TVM's simplifier
         # rewrites Not(a > 0) into a <= 0, which is false for NaN (the reference's NaN gives -1, bit 1).
+        # X + shift > 0 is computed as X > -shift, one vector instruction fewer per value: the same for
+        # every pair of floats (the rounded sum has the sign of the exact one and is 0 only where that is;
+        # negation is exact; inf - inf and NaN give false on both sides).
         read = tirx.min(ch, c - 1)
         s = shift[i, read] if per_sample else shift[read]
-        clear = tirx.any(ch >= c, x[i, read, y, xx] + s > tirx.const(0, "float32"))
+        clear = tirx.any(ch >= c, x[i, read, y, xx] > -s)
         set_bit = tirx.Select(clear, _u64(0), _u64(1) << bit.var.astype("uint64"))
         return te.sum(set_bit, axis=bit)
 
