@@ -84,7 +84,10 @@ def _without_output_tuples() -> list:
 
 def _with_se_merge(passes: list) -> list:
     """TVM's legalisation passes with merge_se_into_producer between FuseOps and FuseTIR."""
-    at = next(i for i, p in enumerate(passes) if p.info.name == "FuseTIR")
+    at = next((i for i, p in enumerate(passes) if p.info.name == "FuseTIR"), None)
+    if at is None:
+        raise RuntimeError(f"TVM {tvm.__version__}'s legalisation passes have no FuseTIR: merge_se_into_producer "
+                           "has no place (schedule_float._with_se_merge)")
     return passes[:at] + [merge_se_into_producer()] + passes[at:]
 
 

@@ -174,9 +174,7 @@ class _Rewriter(PyExprMutator):
 
     def _kernel(self, call):
         """The OP_ATTR of the PrimFunc that call runs with call_tir (one of our kernels), else None."""
-        func = self._primfunc(call) if self._is_call(call, "call_tir") else None
-        attrs = func.attrs if func is not None else None
-        return str(attrs[OP_ATTR]) if attrs is not None and OP_ATTR in attrs else None
+        return _kernel_op(self.mod, call)
 
     def _primfunc(self, call: relax.Call):
         """The PrimFunc of a call_tir in the module as it came in (None for one this pass made)."""
@@ -250,12 +248,10 @@ def _injective_group(mod: tvm.IRModule, op) -> bool:
     func = mod.functions.get(op) if isinstance(op, tvm.ir.GlobalVar) else None
     if not (isinstance(func, relax.Function) and func.attrs and "Primitive" in func.attrs):
         return False
-    calls = [b.value for block in func.body.blocks for b in block.bindings]
-    call_tir = tvm.ir.Op.get("relax.call_tir")
-    for call in calls:
-        if not (isinstance(call, relax.Call) and call.op.same_as(call_tir)):
+    for call in [b.value for block in func.body.blocks for b in block.bindings]:
+        prim = _called(mod, call)
+        if prim is None:
             return False
-        prim = mod.functions[call.args[0]]
         attrs = prim.attrs if prim.attrs is not None else {}
         if OP_ATTR in attrs or "op_pattern" not in attrs or int(attrs["op_pattern"]) > INJECTIVE:
             return False
@@ -263,9 +259,7 @@ def _injective_group(mod: tvm.IRModule, op) -> bool:
 
 
 def _is_se_shift(mod: tvm.IRModule, value) -> bool:
-    if not (isinstance(value, relax.Call) and value.op.same_as(tvm.ir.Op.get("relax.call_tir"))):
-        return False
-    prim = mod.functions.get(value.args[0])
+    prim = _called(mod, value)
     return prim is not None and prim.attrs is not None and SE_ATTR in prim.attrs
 
 
@@ -311,8 +305,11 @@ def sum_in_producer(sch: s_tir.Schedule, lanes: int, min_parallel_work: int) -> 
     elementwise ops inlined into it, as after merge_se_into_producer): per channel, each vector of v is
     added into `vec` partial sums right after it is computed, then those are added up; v is not read back.
     The names of the blocks scheduled, or an empty set where the form does not fit (then the generic
-    schedule applies). With vec == lanes the additions are those of the generic schedule in the same
-    order (_plain_reduction: lane l sums positions l, l + lanes, ... of the plane).
+    schedule applies). With vec == lanes, and where the generic schedule sums se_shift's mean in vector
+    lanes too (channels a multiple of schedule_float.ROWS_SIDE_BY_SIDE, planes of at least 4 x lanes
+    values), the additions are those of the generic schedule in the same order (_plain_reduction: lane l
+    sums positions l, l + lanes, ... of the plane); elsewhere they differ in order (a float path, within
+    its tolerance).
 
     The partial sums stay in a buffer of the whole function, not a 'local' one: inside the parallel
     channel loop TVM takes a local buffer from the workspace at every channel (256x8x8, one core: 5.6 us
@@ -406,6 +403,8 @@ def _pack_merges(mod: tvm.IRModule, func: relax.Function) -> dict:
         if source is None or uses.get(shift, 0) != 1 or source.var in pairs or not _writes_shift(
                 mod, source.value, index):
             continue
+        if index is not None and index != len(source.value.ty.fields) - 1:  # _PackMerger keeps the indices
+            continue  # before the shift's: only a shift that is the kernel's last output
         args = list(source.value.args[1].fields)
         v_index, v_source = _output_of(bindings, v)
         if v_source is source and v_index is not None and v_index != index:
@@ -424,20 +423,24 @@ def _output_of(bindings: dict, var):
     return None, bound
 
 
-def _kernel_op(mod: tvm.IRModule, value) -> str | None:
-    """The OP_ATTR of the PrimFunc that value calls with call_tir, else None."""
+def _called(mod: tvm.IRModule, value):
+    """The function of mod that value calls with call_tir, else None (not a call_tir, or a function that
+    is not in mod)."""
     if not (isinstance(value, relax.Call) and value.op.same_as(tvm.ir.Op.get("relax.call_tir"))):
         return None
-    prim = mod.functions.get(value.args[0])
+    return mod.functions.get(value.args[0])
+
+
+def _kernel_op(mod: tvm.IRModule, value) -> str | None:
+    """The OP_ATTR of the PrimFunc that value calls with call_tir, else None."""
+    prim = _called(mod, value)
     return str(prim.attrs[OP_ATTR]) if prim is not None and prim.attrs is not None and OP_ATTR in prim.attrs else None
 
 
 def _writes_shift(mod: tvm.IRModule, value, index) -> bool:
     """Whether value is a call_tir whose output `index` (the only one where None) is written by an SE
     kernel's last block."""
-    if not (isinstance(value, relax.Call) and value.op.same_as(tvm.ir.Op.get("relax.call_tir"))):
-        return False
-    prim = mod.functions.get(value.args[0])
+    prim = _called(mod, value)
     if not isinstance(prim, tirx.PrimFunc):
         return False
     outputs = len(value.ty.fields) if isinstance(value.ty, relax.TupleType) else 1
