@@ -67,8 +67,9 @@ def render(report: dict) -> str:
         "backend, each backend timed in its own process. Median ms; ratios against our median in the same run.",
         "", *_latency_rows(report), "",
         f"Popcount ceiling measured in the same run ({ceiling['kind']}, {ceiling['accumulators']} register "
-        f"accumulators, one core): {ceiling['bit_macs_per_s'] / 1e12:.2f} T bit-MAC/s. Per binary layer (each "
-        "kernel timed alone, 1 thread; distinct shapes of the static models; the aarch64 column is read from "
+        f"accumulators, one core, best of its repeats): {ceiling['bit_macs_per_s'] / 1e12:.2f} T bit-MAC/s. Per "
+        "binary layer (each kernel timed alone, the best of its repeats, 1 thread; distinct shapes of the static "
+        "models; the aarch64 column is read from "
         f"the disassembly of the `{options.get('arm_target') or '-'}` artifact):",
         "", *_layer_rows(report), "",
         "Targets of issue 6 on this run, as the benchmark prints them:", "", *_target_rows(report),
