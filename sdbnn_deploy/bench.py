@@ -255,8 +255,9 @@ def layer_efficiency(layers: list, kernels: dict) -> list[dict]:
         (kh, kw), (sh, sw), (ph, pw) = layer["kernel"], layer["strides"], layer["pads"]
         oh, ow = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
         bit_macs = layer["cout"] * oh * ow * layer["cin"] * kh * kw
-        seconds = {str(t): c[i]["seconds"] for t, c in calls.items()}
+        seconds = {str(t): c[i]["seconds"] for t, c in calls.items()}  # the best of the kernel's repeats
         row = {**layer, "input_hw": [h, w], "output_hw": [oh, ow], "bit_macs": bit_macs, "seconds": seconds,
+               "median_seconds": {str(t): c[i].get("median_seconds") for t, c in calls.items()},
                "bit_macs_per_s": {t: bit_macs / s for t, s in seconds.items()}}
         if "1" in seconds and len(seconds) > 1:
             top = str(max(calls))

@@ -34,6 +34,7 @@ def test_report_structure(tiny_report):
     assert first["name"] == "layer1.0.conv1" and first["cin"] == 16 and first["output_hw"] == [8, 8]
     assert first["bit_macs"] == 16 * 8 * 8 * 16 * 9
     assert 0 < first["ceiling_fraction"]["1"] == pytest.approx(first["bit_macs_per_s"]["1"] / r["ceiling"]["bit_macs_per_s"])
+    assert 0 < first["seconds"]["1"] <= first["median_seconds"]["1"]  # the best of the repeats, and their median
     assert m["layers"][6]["output_hw"] == [4, 4]  # layer2.0.conv1 has stride 2
     assert set(m["breakdown"]["1"]) >= {"binary_conv", "binarize_and_pool", "float_ops"}
     counts = [layer["arm_instructions_per_128_bit_macs"] for layer in m["layers"]]
