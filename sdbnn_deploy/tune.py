@@ -105,9 +105,9 @@ def random_arguments(func: tvm.tirx.PrimFunc, seed: int = 0) -> tuple[list[np.nd
     """Random arrays for the inputs of `func`, and (shape, dtype) of its output (the last parameter).
 
     For a bits output (uint64 words) the integer inputs (correction and thresholds, or the count limits of
-    "bits_limits", int64 with pixel lanes) are drawn across [-taps, taps], taps the bits an output counts: the random words give
-    counts near taps / 2, so the output channels get different bits and a candidate that puts a bit in the
-    wrong place of its word changes the result (with a narrow range every bit was 1)."""
+    "bits_limits", int64 with pixel lanes) are drawn across [-taps, taps], taps the bits an output counts:
+    the random words give counts near taps / 2, so the output channels get different bits and a candidate
+    that puts a bit in the wrong place of its word changes the result (with a narrow range every bit was 1)."""
     rng = np.random.default_rng(seed)
     arrays = []
     *inputs, output = [([int(d) for d in p.shape], str(p.dtype)) for p in func.params]  # buffers in TVM 0.27
