@@ -11,7 +11,7 @@ per-shape parameters (SEARCH_SPACES) is scheduled, compiled for the target and t
                         epilogue                    "pixels" or "row" (where the output stage runs)
                         row_layout                  with "row" and an int/affine output, also "channels"
                         tile_scope                  "local", and "global" for tiles below
-                                                    schedule_x86.STACK_BYTES (tile_scope_candidates)
+                                                    sdbnn_deploy.tvm.STACK_BYTES (tile_scope_candidates)
                         (pixel lanes, kernels_pixels: tile_pixels x tile_blocks = pixels x output channels
                         with between half and all of the accumulators, and both tile scopes:
                         pixel_candidates)

@@ -192,7 +192,6 @@ def test_pooling_windows_side_by_side_equal_numpy(pool):
 def test_register_tiles_below_stack_bytes_are_global():
     """TVM puts a small "global" buffer on the stack (registers) and takes every "local" one from the
     workspace: register tiles under STACK_BYTES are "global"."""
-    from sdbnn_deploy.tvm.float_conv import register_scope
-    from sdbnn_deploy.tvm.schedule_x86 import STACK_BYTES
+    from sdbnn_deploy.tvm import STACK_BYTES, register_scope
     assert register_scope(4) == register_scope(STACK_BYTES - 1) == "global"
     assert register_scope(STACK_BYTES) == "local"

@@ -10,7 +10,7 @@ import tvm
 from sdbnn_deploy import tune
 from sdbnn_deploy.ops import binary_conv2d
 from sdbnn_deploy.targets import get_target
-from sdbnn_deploy.tvm import kernels, schedule_x86
+from sdbnn_deploy.tvm import STACK_BYTES, kernels, schedule_x86
 from test_tvm_kernels import HOST, RUNNABLE, conv_case, placeholders, run, x86_conv
 
 # (Cin, Cout, k, stride, pad, H, W, mode, N)
@@ -215,7 +215,7 @@ def test_global_tile_scope_is_exact_and_off_the_workspace(case):
 def test_a_global_tile_of_stack_bytes_comes_from_the_workspace():
     """At STACK_BYTES (1 pixel x all 128 channels of CASES[0] in uint64 = 1024 bytes) TVM takes even a
     "global" tile from the workspace: why tile_scope_candidates offers "global" only below it."""
-    blocks = schedule_x86.STACK_BYTES // 8 // schedule_x86.conv_lanes(get_target(HOST).params)
+    blocks = STACK_BYTES // 8 // schedule_x86.conv_lanes(get_target(HOST).params)
     sch, _, _ = scheduled(CASES[0], 1, tile_pixels=1, tile_blocks=blocks, tile_scope="global")
     assert _tile_from_workspace(tvm.compile(sch.mod["main"], target=tvm.target.Target(get_target(HOST).tvm_target)))
 

@@ -35,9 +35,8 @@ import tvm
 from tvm import relax, s_tir
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from sdbnn_deploy.tvm import find_block, largest_divisor
+from sdbnn_deploy.tvm import STACK_BYTES, find_block, largest_divisor, register_scope
 from sdbnn_deploy.tvm.relax_rewrite import mutator_pass
-from sdbnn_deploy.tvm.schedule_x86 import STACK_BYTES
 
 CONV_BLOCK = "conv2d_nchw"
 PAD_BLOCK = "pad_temp"
@@ -169,15 +168,6 @@ def schedule_float_conv(sch: s_tir.Schedule, block, lanes: int) -> bool:
     else:
         _epilogue_loop(sch, store, lanes)
     return True
-
-
-def register_scope(nbytes: int) -> str:
-    """The scope for a register tile of nbytes: "global" below STACK_BYTES, "local" above. TVM puts a
-    constant "global" buffer under STACK_BYTES on the stack, where LLVM keeps it in registers, and takes
-    every "local" one from the workspace (a TVMBackendAllocWorkspace call per kernel call, and per
-    iteration inside a parallel loop): se_shift 16x32x32, one core, 0.60 -> 0.42 us; the convs: module
-    docstring."""
-    return "global" if nbytes < STACK_BYTES else "local"
 
 
 def _stride_w(stmt) -> int | None:

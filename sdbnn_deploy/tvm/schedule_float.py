@@ -43,12 +43,12 @@ from tvm import relax, s_tir
 from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 from tvm.s_tir.dlight import normalize_prim_func
 
-from sdbnn_deploy.tvm import OP_ATTR
+from sdbnn_deploy.tvm import OP_ATTR, register_scope
 from sdbnn_deploy.tvm.se_block import (fuse_se_block, merge_binarize_into_se, merge_se_into_producer,
                                        sum_in_producer)
 from sdbnn_deploy.tvm.batchnorm_affine import batchnorm_as_affine
 from sdbnn_deploy.tvm.float_conv import (FLOAT_BYTES, MIN_PARALLEL_WORK, float_lanes, linear_coefficient,
-                                         register_scope, schedule_conv_function, weights_to_hwio)
+                                         schedule_conv_function, weights_to_hwio)
 from sdbnn_deploy.tvm.float_matmul import matmul_weights_nk, schedule_matmul_function
 from sdbnn_deploy.tvm.pool_before_cast import max_pool_before_cast, schedule_integer_pool
 from sdbnn_deploy.tvm.pool_channels_last import pool_channels_last, schedule_channels_last_pool

@@ -72,7 +72,7 @@ import tvm
 from tvm import s_tir
 
 from sdbnn_deploy.bits import WORD_BITS
-from sdbnn_deploy.tvm import ScheduleParamError, kernels_pixels, largest_divisor
+from sdbnn_deploy.tvm import ScheduleParamError, kernels_pixels, largest_divisor, register_scope
 
 DEFAULTS = {"lanes": 8, "accumulators": 16, "tile_pixels": 0, "tile_blocks": 0, "epilogue": "auto",
             "channel_parts": 0, "row_layout": "pixels", "tile_scope": "local", "pixel_lanes": False, "shapes": {}}
@@ -81,8 +81,6 @@ ROW_LAYOUTS = ("pixels", "channels")
 NCHW_MODES = ("int", "affine")  # the output modes whose rows row_layout "channels" lays out
 TILE_SCOPES = ("local", "global")
 SHAPE_PARAMS = ("tile_pixels", "tile_blocks", "epilogue", "channel_parts", "row_layout", "tile_scope")
-# Bytes below which TVM allocates a "global" buffer on the CPU on the stack (runtime::kMaxStackAlloca).
-STACK_BYTES = 1024
 # Rows (batch x output rows) below which an odd count is split further by output channels: 2 threads
 # over 7 rows do 4 and 3 (at most 1.75x); over 27 rows, 14 and 13 (1.93x).
 FEW_ROWS = 24
@@ -216,7 +214,7 @@ def conv_choice(sch: s_tir.Schedule, params) -> dict:
 def tile_scope_candidates(tile_pixels: int, tile_blocks: int, lanes: int) -> tuple:
     """The tile scopes worth measuring for a tile: "global" only where its uint64 accumulators fit
     under STACK_BYTES (else it comes from the workspace like "local")."""
-    return TILE_SCOPES if tile_pixels * tile_blocks * lanes * 8 < STACK_BYTES else ("local",)
+    return TILE_SCOPES if register_scope(tile_pixels * tile_blocks * lanes * 8) == "global" else ("local",)
 
 
 def _parallel_rows(sch: s_tir.Schedule, block, count: int = 2):
@@ -400,7 +398,7 @@ def pixel_choice(sch: s_tir.Schedule, params) -> dict:
         vectors = largest_divisor(width, default[0])
     if channels <= 0 or cout % channels:
         channels = largest_divisor(cout, default[1])
-    scope = entry.get("tile_scope", tile_scope_candidates(vectors, channels, lanes)[-1])
+    scope = entry.get("tile_scope", register_scope(vectors * channels * lanes * 8))  # (uint64 accumulators)
     if scope not in TILE_SCOPES:
         raise ScheduleParamError(f"schedule_x86: {conv_key(sch)}: tile_scope must be one of {TILE_SCOPES}, "
                                  f"not {scope!r}")
@@ -471,8 +469,9 @@ def _pixel_bits_tiles(sch: s_tir.Schedule, counts, choice: dict, lanes: int) -> 
     loops = dict(zip([name for name, extent in extents.items() if extent > 1], sch.get_loops(counts)[4:]))
     vectors, lane = sch.split(loops["pixels"], [None, lanes])
     reduction = [loops[name] for name in ("r", "s", "k") if name in loops]
-    sch.reorder(*reduction, *[loops[name] for name in ("channels",) if name in loops], vectors, lane)
-    for loop in (*reduction[1:], *[loops[name] for name in ("channels",) if name in loops], vectors, bi, xi):
+    channels = [loops["channels"]] if "channels" in loops else []
+    sch.reorder(*reduction, *channels, vectors, lane)
+    for loop in (*reduction[1:], *channels, vectors, bi, xi):
         sch.unroll(loop)
     sch.vectorize(lane)
     sch.vectorize(xv)

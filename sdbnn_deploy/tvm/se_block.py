@@ -42,8 +42,9 @@ would make the VM build a tuple of them at every call: schedule_float's relax_pi
 (_without_output_tuples).
 
 All of it together (the same tree with and without these passes, sum_in_producer, register_scope and
-float_conv's stem tile; 1 thread, 11 interleaved rounds): dynamic against static ResNet-20 +12.9% -> +1.5%, ResNet-18 +14.1% -> +10.6%,
-VGG-Small +11.7% -> +11.8% (its static twin gained as much from float_conv's stem tile).
+float_conv's stem tile; 1 thread, 11 interleaved rounds): dynamic against static ResNet-20 +12.9% -> +1.5%,
+ResNet-18 +14.1% -> +10.6%, VGG-Small +11.7% -> +11.8% (its static twin gained as much from float_conv's
+stem tile).
 
 Unclipped BinarizePack is bit-identical: the bit of clip(z) + s > 0 equals the bit of z + s > 0 for every
 s in [0, 1] (a float32 sigmoid is 1 / (1 + exp(-x)) with exp(-x) >= 0): lo <= z <= hi is the same
@@ -109,7 +110,7 @@ class _Rewriter(PyExprMutator):
         call = super().visit_call_(call)
         if self._is_call(call, "sigmoid"):
             return self._se_block(call)
-        if self._kernel(call) == "BinarizePack":
+        if _kernel_op(self.mod, call) == "BinarizePack":
             return self._binarize_pack(call)
         return call
 
@@ -156,7 +157,7 @@ class _Rewriter(PyExprMutator):
         if upper is None or lower is None or not (upper[1] > 0 and lower[1] <= -1):
             return None
         z = lower[0]
-        if self._kernel(self._bound(z)) is None or str(z.ty.dtype) != "float32":
+        if _kernel_op(self.mod, self._bound(z)) is None or str(z.ty.dtype) != "float32":
             return None
         return z, lower[1], upper[1]
 
@@ -171,10 +172,6 @@ class _Rewriter(PyExprMutator):
         if not isinstance(_store_value(self._primfunc(call)), kind):
             return None
         return args[0], float(args[1].value.numpy().reshape(-1)[0])
-
-    def _kernel(self, call):
-        """The OP_ATTR of the PrimFunc that call runs with call_tir (one of our kernels), else None."""
-        return _kernel_op(self.mod, call)
 
     def _primfunc(self, call: relax.Call):
         """The PrimFunc of a call_tir in the module as it came in (None for one this pass made)."""
