@@ -89,7 +89,8 @@ def conv_primfunc(cin, cout, k, stride, pad, hw, mode, lanes: int, conv=kernels,
     and tags it; `conv` is the module with its compute (kernels, or kernels_arm for byte lanes:
     sdbnn_deploy.tvm.conv_kernels), `pixels` the target's pixel_lanes (relax_import.conv_module)."""
     words = np.zeros((cout, k, k, -(-cin // 64)), np.uint64)
-    conv = conv_module(conv, mode, words.shape[3], border_bounds(hw, k, stride, pad)[0], lanes, pixels)
+    out = border_bounds(hw, k, stride, pad)[0]
+    conv = conv_module(conv, mode, words.shape[3], (out, out), lanes, pixels)
     blocked, correction, compute = conv_constants(conv, words, cin, (hw, hw), (pad, pad), (stride, stride), lanes,
                                                   mode, np.zeros(cout, np.int32))
     shapes = [((1, hw, hw, words.shape[3]), "uint64"), (blocked.shape, str(blocked.dtype)),

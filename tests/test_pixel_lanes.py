@@ -16,21 +16,29 @@ RUNS_PIXELS = "x86-avx512" if RUNNABLE["x86-avx512"] else "x86-avx2"
 
 # (Cin, Cout, k, stride, pad, H, W, mode, N): Cin of one and two words (and one not a multiple of 64),
 # strides 1 and 2 (a stride-2 input of odd width), pads 0 and 1, output widths 8 and 16 (whole vectors)
-# and 28 and 7 (a partial last vector), Cout not a multiple of the tile's 8 channels, batch 2, 1x1 kernels.
+# and 7 (a partial last vector), Cout not a multiple of the tile's 8 channels, batch 2, 1x1 kernels; "affine"
+# on the flat plane (widths 28, 12, 6, planes of whole vectors: kernels_pixels.flat_layout) at strides 1 and 2,
+# pads 0 and 1, one and two words.
 CASES = [
     (64, 16, 3, 1, 1, 8, 8, "affine", 1),
     (128, 12, 3, 1, 1, 16, 16, "affine", 2),
     (64, 24, 3, 2, 1, 32, 32, "affine", 1),
     (70, 10, 3, 2, 0, 17, 17, "affine", 1),
     (128, 8, 1, 1, 0, 8, 8, "affine", 1),
-    (64, 9, 3, 1, 1, 28, 28, "affine", 1),
+    (64, 9, 3, 1, 1, 28, 28, "affine", 1),   # flat
+    (64, 10, 3, 2, 1, 12, 24, "affine", 2),  # flat, 6x12
+    (100, 8, 3, 1, 1, 4, 6, "affine", 1),    # flat, 4x6
+    (70, 16, 3, 1, 0, 6, 14, "affine", 1),   # flat, 4x12
+    (128, 8, 1, 2, 0, 8, 24, "affine", 1),   # flat, 4x12
     (100, 8, 3, 2, 1, 14, 13, "affine", 2),
     (64, 64, 3, 1, 1, 8, 8, "bits", 1),
     (128, 80, 3, 2, 1, 16, 16, "bits", 2),   # two output words, the second partly used
     (64, 130, 3, 1, 1, 16, 16, "bits", 1),   # three words: tiles of gcd(130, 64) = 2 channels
     (70, 16, 3, 2, 0, 17, 17, "bits", 1),
     (64, 24, 1, 1, 0, 8, 8, "bits", 1),
-    (64, 64, 3, 1, 1, 28, 28, "bits", 1),
+    (64, 64, 3, 1, 1, 28, 28, "bits", 1),    # flat
+    (128, 64, 3, 2, 1, 12, 24, "bits", 2),   # flat, 6x12
+    (64, 64, 3, 1, 1, 7, 7, "bits", 1),      # rows of 8 columns, the last vector guarded
 ]
 
 
@@ -62,7 +70,11 @@ def test_pixel_lanes_match_the_reference(case, target):
         assert "vpopcntq" in lib.mod.inspect_source("asm")
         return
     got = run(lib, arrays, padded_like(output, want))
-    if case[7] == "affine":  # rows of whole vectors: the importer keeps the first OW columns
+    flat = kernels_pixels.flat_layout(want.shape[2:] if case[7] == "affine" else want.shape[1:3], lanes)
+    assert (got.ndim == 3) == flat
+    if flat:  # the flat plane: the importer reshapes it
+        got = got.reshape(want.shape)
+    elif case[7] == "affine":  # rows of whole vectors: the importer keeps the first OW columns
         assert got.shape[3] == -(-want.shape[3] // lanes) * lanes
         got = got[..., :want.shape[3]]
     assert got.dtype == want.dtype and got.shape == want.shape
@@ -115,22 +127,26 @@ def test_pixel_lanes_reject_channel_lane_params():
         schedule_x86.schedule_binary_conv2d(sch, params)
 
 
-@pytest.mark.parametrize("mode,words,width,lanes,pixels,chosen", [
-    ("affine", 1, 32, 8, True, True),
-    ("affine", 2, 8, 8, True, True),
-    ("affine", 3, 32, 8, True, False),   # 3 words: the channel lanes' transposition is small against the popcounts
-    ("affine", 1, 28, 8, True, True),    # rows padded to whole vectors, sliced by the importer
-    ("bits", 1, 28, 8, True, False),     # (bits: a partial last vector)
-    ("affine", 1, 4, 8, True, False),    # half the padded row would be padding
-    ("affine", 1, 12, 8, True, True),
-    ("affine", 1, 28, 4, True, True),
-    ("bits", 2, 16, 8, True, True),
-    ("bits", 2, 4, 8, True, False),
-    ("int", 1, 32, 8, True, False),
-    ("affine", 1, 32, 8, False, False),  # the target does not ask for pixel lanes
+@pytest.mark.parametrize("mode,words,out_hw,lanes,pixels,chosen", [
+    ("affine", 1, (32, 32), 8, True, True),
+    ("affine", 2, (8, 8), 8, True, True),
+    ("affine", 3, (32, 32), 8, True, False),  # 3 words: the channel lanes' transposition is small against the popcounts
+    ("affine", 1, (28, 28), 8, True, True),   # the flat plane (784 pixels: whole vectors)
+    ("affine", 1, (7, 7), 8, True, True),     # rows padded to whole vectors, sliced by the importer
+    ("bits", 1, (28, 28), 8, True, True),     # the flat plane
+    ("bits", 1, (7, 7), 8, True, False),      # (bits: a partial last vector)
+    ("affine", 1, (1, 4), 8, True, False),    # half the padded row would be padding
+    ("affine", 1, (4, 4), 8, True, True),     # the flat plane: two rows per vector
+    ("affine", 1, (12, 12), 8, True, True),
+    ("affine", 1, (28, 28), 4, True, True),
+    ("bits", 2, (16, 16), 8, True, True),
+    ("bits", 2, (4, 4), 8, True, True),       # the flat plane
+    ("bits", 2, (1, 4), 8, True, False),
+    ("int", 1, (32, 32), 8, True, False),
+    ("affine", 1, (32, 32), 8, False, False),  # the target does not ask for pixel lanes
 ])
-def test_conv_module_rule(mode, words, width, lanes, pixels, chosen):
-    assert (conv_module(kernels, mode, words, width, lanes, pixels) is kernels_pixels) == chosen
+def test_conv_module_rule(mode, words, out_hw, lanes, pixels, chosen):
+    assert (conv_module(kernels, mode, words, out_hw, lanes, pixels) is kernels_pixels) == chosen
 
 
 def test_importer_emits_pixel_lanes_where_the_target_asks():
@@ -154,7 +170,7 @@ def test_importer_emits_pixel_lanes_where_the_target_asks():
         key = schedule_x86.conv_key(tvm.s_tir.Schedule(func))
         words = int(key.split(">")[0].split("x")[2])
         assert (func in on) == (words <= kernels_pixels.MAX_WORDS), key
-        assert (func in on) == key.endswith(("affine-pixels", "bits-pixels")), key
+        assert (func in on) == key.endswith(("affine-pixels", "bits-pixels", "affine-flat")), key
     assert pixel_funcs(False)[1] == []
 
 

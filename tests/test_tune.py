@@ -19,7 +19,7 @@ from sdbnn_deploy.tvm import kernels_pixels, pixel_lanes, schedule_x86
 from test_tvm_kernels import x86_conv
 
 HOST = host_target_name()
-TINY = (64, 24, 3, 1, 1, 4, "bits")  # Cin, Cout, kernel, stride, pad, H=W, mode
+TINY = (192, 24, 3, 1, 1, 4, "bits")  # Cin, Cout, kernel, stride, pad, H=W, mode (3 words: channel lanes everywhere)
 
 
 def _exact_with(params: dict, target: str, shape, seed=0):
@@ -45,7 +45,7 @@ def test_search_on_a_tiny_shape_gives_a_valid_exact_winner():
     spec = get_target(HOST)
     lanes = schedule_x86.conv_lanes(spec.params)
     blocks, width = -(-TINY[1] // lanes), TINY[5]
-    assert result.key == f"6x6x1>4x4x{blocks}:3x3:bits"
+    assert result.key == f"6x6x3>4x4x{blocks}:3x3:bits"
     assert result.candidates >= 2 and result.seconds > 0 and result.default_seconds > 0
     tw, tb = result.params["tile_pixels"], result.params["tile_blocks"]
     assert width % tw == 0 and blocks % tb == 0 and tw * tb <= spec.params["accumulators"]
@@ -148,15 +148,17 @@ def test_shipped_shape_keys_are_keys_the_importer_makes(target):
     such a shape would never match, and the search must tune what the importer emits."""
     spec = get_target(target)
     modes = {key.rsplit(":", 1)[1] for key in spec.params.get("shapes", {})}
-    assert modes <= {"bits", "affine", "int_nhwc", "bits-pixels", "affine-pixels"}, modes
+    assert modes <= {"bits", "affine", "int_nhwc", "bits-pixels", "affine-pixels", "affine-flat"}, modes
     lanes = schedule_x86.conv_lanes(spec.params)
     for key in spec.params.get("shapes", {}):
-        (_, _, words), (_, width, _) = (map(int, side.split("x")) for side in key.split(":")[0].split(">"))
-        mode = key.rsplit(":", 1)[1]
+        (_, _, words), (height, width, _) = (map(int, side.split("x")) for side in key.split(":")[0].split(">"))
+        mode, out_hw = key.rsplit(":", 1)[1], (height, width)
         if mode in ("bits", "affine"):  # a channel-lane key: not a shape that gets pixel lanes
-            assert not (pixel_lanes(spec.params) and kernels_pixels.applies(mode, words, width, lanes)), key
-        elif mode.endswith("-pixels"):  # a shape that gets them
-            assert pixel_lanes(spec.params) and kernels_pixels.applies(mode[:-7], words, width, lanes), key
+            assert not (pixel_lanes(spec.params) and kernels_pixels.applies(mode, words, out_hw, lanes)), key
+        elif mode.endswith(("-pixels", "-flat")):  # a shape that gets them, in that layout
+            layout = mode.split("-")[1]
+            assert pixel_lanes(spec.params) and kernels_pixels.applies(mode.split("-")[0], words, out_hw, lanes), key
+            assert kernels_pixels.flat_layout(out_hw, lanes) == (layout == "flat"), key
     sch = tvm.s_tir.Schedule(tune.conv_primfunc(64, 64, 3, 1, 1, 8, "int", lanes=8))
     assert schedule_x86.conv_key(sch).endswith(":int_nhwc")
     assert all("row_layout" not in c for c in tune.candidates(sch, get_target(target).params))

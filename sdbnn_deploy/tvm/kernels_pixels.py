@@ -14,7 +14,9 @@ piece of the output row as it is stored:
 - the weights stay as the ONNX node holds them, (Cout, kh, kw, Cw) uint64: one word is broadcast
   against V pixels;
 - the output width is padded to whole vectors (OWp, a multiple of V): "affine" stores rows of OWp
-  columns (the importer slices the OW columns off), "bits" needs OW = OWp (applies);
+  columns (the importer slices the OW columns off), "bits" needs OW = OWp (applies); except that an
+  conv whose width is not whole vectors but whose plane is runs on the flat plane instead (flat_layout,
+  _flat_counts: vectors across the ends of rows, no padded columns);
 - the correction varies along the lanes (the padded taps of each column), so it is laid out per column,
   already subtracted from the taps: offsets[row class][channel][column] = Cin*kh*kw - correction as
   float32 (OWp columns), so that y = offsets - 2*count is one multiply-subtract of floats per vector, exact
@@ -27,22 +29,36 @@ from sdbnn_deploy.bits import WORD_BITS, words_for
 from sdbnn_deploy.tvm import kernels
 from sdbnn_deploy.tvm.kernels import border_bounds, border_class
 
-PADDED_WIDTH = "sdbnn.padded_width"  # the "pad" stage's annotation: W + 2*pw
+# The "pad" stage's annotation (H + 2*ph, W + 2*pw, OH, OW), which its layout does not show, for the
+# schedule's shape key (schedule_x86.conv_key).
+GEOMETRY = "sdbnn.geometry"
 MODES = ("affine", "bits_limits")  # the computes' modes (relax_import.compute_mode: ONNX "bits" -> "bits_limits")
 # Input words per pixel up to which a conv is emitted with pixel lanes (applies): with more, the channel
 # lanes' costs around the popcounts are small against them (Bi-Real-18's 256->256 14x14: 80%).
 MAX_WORDS = 2
 
 
-def applies(mode: str, words: int, out_width: int, lanes: int) -> bool:
-    """Whether a conv with ONNX `mode`, `words` input words per pixel and output width `out_width` gets
-    pixel lanes (where the target asks for them): "affine" and "bits" outputs of at most MAX_WORDS words;
-    for "bits" the output width a whole number of vectors; "affine" stores whole vectors of a padded row
-    (see binary_conv2d), where the padding is less than half the row (one core, AVX-512, against channel
-    lanes: 128->128 at width 4, half padding, 1.25 -> 1.84 us; width 12 4.05 -> 3.16, 7 4.35 -> 3.26)."""
-    if mode == "affine":
-        return words <= MAX_WORDS and 2 * out_width > padded_width(out_width, lanes)
-    return mode == "bits" and words <= MAX_WORDS and out_width % lanes == 0
+def applies(mode: str, words: int, out_hw, lanes: int) -> bool:
+    """Whether a conv with ONNX `mode`, `words` input words per pixel and output size `out_hw` (OH, OW)
+    gets pixel lanes (where the target asks for them): "affine" and "bits" outputs of at most MAX_WORDS
+    words, on the flat plane where flat_layout says so; else on rows: for "bits" the output width a whole
+    number of vectors, for "affine" rows padded to whole vectors where the padding is less than half the
+    row (one core, AVX-512, against channel lanes: 128->128 at width 4, half padding, 1.25 -> 1.84 us;
+    width 12 4.05 -> 3.16, 7 4.35 -> 3.26)."""
+    if mode not in ("affine", "bits") or words > MAX_WORDS:
+        return False
+    out_width = out_hw[1]
+    if flat_layout(out_hw, lanes) or mode == "bits":
+        return flat_layout(out_hw, lanes) or out_width % lanes == 0
+    return 2 * out_width > padded_width(out_width, lanes)
+
+
+def flat_layout(out_hw, lanes: int) -> bool:
+    """Whether a conv runs on the flat output plane (_flat_counts: vectors across the ends of rows): where
+    the width is not whole vectors and the plane is (Bi-Real-18's 28x28 outputs, whose rows of 28 would
+    otherwise be padded to 32: 12.5% of the popcounts on padding)."""
+    oh, ow = out_hw
+    return ow % lanes != 0 and (oh * ow) % lanes == 0
 
 
 def padded_width(out_width: int, lanes: int) -> int:
@@ -51,92 +67,138 @@ def padded_width(out_width: int, lanes: int) -> int:
 
 
 def prepare_conv_weights(w: np.ndarray, in_channels: int, in_hw, pads, strides, lanes: int):
-    """Packed weights (Cout,kh,kw,Cw) -> (the same words as uint64, offsets (row classes, Cout, OWp)).
-
-    offsets[a, o, x] = Cin*kh*kw - kernels' correction of row class a and the class of column x (the sum
-    of the +-1 weights of output channel o on the padded taps), float32; columns past OW repeat the last
-    column's."""
+    """Packed weights (Cout,kh,kw,Cw) -> (the same words as uint64, offsets), offsets = Cin*kh*kw -
+    kernels' correction (the sum of the +-1 weights of output channel o on the padded taps), float32:
+    per row class, channel and column (row classes, Cout, OWp), columns past OW repeating the last
+    column's; on the flat layout (flat_layout) per channel and pixel (Cout, OH*OW)."""
     w = np.ascontiguousarray(w, dtype=np.uint64)
     _, per_class = kernels.prepare_conv_weights(w, in_channels, in_hw, pads, strides, 1)  # (R, C, Cout)
-    kw, sw, pw = w.shape[2], strides[1], pads[1]
-    ow, top, bottom = border_bounds(in_hw[1], kw, sw, pw)
+    (kh, kw), taps = w.shape[1:3], in_channels * w.shape[1] * w.shape[2]
+    oh, rows_top, rows_bottom = border_bounds(in_hw[0], kh, strides[0], pads[0])
+    ow, top, bottom = border_bounds(in_hw[1], kw, strides[1], pads[1])
+    if flat_layout((oh, ow), lanes):
+        rows = border_class(np.arange(oh), rows_top, rows_bottom, np.minimum, np.maximum)
+        columns = border_class(np.arange(ow), top, bottom, np.minimum, np.maximum)
+        per_pixel = per_class[rows[:, None], columns[None, :], :].reshape(oh * ow, -1)  # (OH*OW, Cout)
+        return w, np.ascontiguousarray((taps - per_pixel.T).astype(np.float32))
     columns = np.minimum(np.arange(padded_width(ow, lanes)), ow - 1)
     classes = border_class(columns, top, bottom, np.minimum, np.maximum)
-    taps = in_channels * w.shape[1] * kw
     return w, np.ascontiguousarray((taps - per_class[:, classes, :].transpose(0, 2, 1)).astype(np.float32))
 
 
 def fold_thresholds(offsets: np.ndarray, thresholds: np.ndarray, taps: int) -> np.ndarray:
     """The count limits of mode "bits_limits", kernels.fold_thresholds' rule on prepare_conv_weights'
-    offsets (row classes, Cout, columns), as int64 like the counts they are compared with."""
-    correction = (taps - offsets).astype(np.int32).transpose(0, 2, 1)  # channels last, as kernels lays them
-    return np.ascontiguousarray(kernels.fold_thresholds(correction, thresholds, taps).transpose(0, 2, 1),
+    offsets (channels on the second axis from the end, either layout), as int64 like the counts they are
+    compared with."""
+    correction = np.moveaxis((taps - offsets).astype(np.int32), -2, -1)  # channels last, as kernels lays them
+    return np.ascontiguousarray(np.moveaxis(kernels.fold_thresholds(correction, thresholds, taps), -1, -2),
                                 dtype=np.int64)
 
 
 def binary_conv2d(x: te.Tensor, weights: te.Tensor, offsets: te.Tensor, *extra: te.Tensor,
                   in_channels: int, out_channels: int, strides, pads, mode: str) -> te.Tensor:
     """BinaryConv2d of packed words x (N,H,W,Cw) with weights and offsets from prepare_conv_weights;
-    mode "affine" (extra: scale, bias; output NCHW float32 with rows of the padded width OWp: the
-    importer slices the OW columns off, a slice that Relax fuses into the consumer, so that every tile
-    stores whole vectors; a last vector stored in part made the output stage a separate pass with a guard
-    per value: Bi-Real-18's 128->128 28x28 53 -> 84 us, one core) or "bits_limits" (no extra, `offsets`
-    holds fold_thresholds' count limits; output NHWC words, OW columns)."""
+    mode "affine" (extra: scale, bias; output float32 NCHW) or "bits_limits" (no extra, `offsets` holds
+    fold_thresholds' count limits; output NHWC words). With offsets per row class (rows of the padded
+    width OWp) the "affine" output is NCHW with rows of OWp columns: the importer slices the OW columns
+    off, a slice that Relax fuses into the consumer, so that every tile stores whole vectors (a last
+    vector stored in part made the output stage a separate pass with a guard per value: Bi-Real-18's
+    128->128 28x28 53 -> 84 us, one core). With offsets per pixel, the flat layout (_flat_counts): the
+    outputs (N, Cout, OH*OW) and (N, OH*OW, words), which the importer reshapes (a view)."""
     if mode not in MODES:
         raise ValueError(f"BinaryConv2d with pixel lanes has modes {MODES}, not {mode!r}")
     n, h, w, cw = (int(d) for d in x.shape)
     cout, kh, kw, _ = (int(d) for d in weights.shape)
-    _, _, owp = (int(d) for d in offsets.shape)
-    sh, sw = strides
-    ph, pw = pads
-    oh, top, bottom = border_bounds(h, kh, sh, ph)
-    ow, _, _ = border_bounds(w, kw, sw, pw)
+    (oh, top, bottom), (ow, _, _) = border_bounds(h, kh, strides[0], pads[0]), border_bounds(w, kw, strides[1], pads[1])
+    geometry = {GEOMETRY: [h + 2 * pads[0], w + 2 * pads[1], oh, ow]}
+    if len(offsets.shape) == 2:
+        counts = _flat_counts(x, weights, strides, pads, oh, ow, geometry)
+        return _output_stages(counts, lambda o, q: offsets[o, q], extra, out_channels, (oh * ow,), mode)
+    counts = _row_counts(x, weights, strides, pads, oh, int(offsets.shape[2]), geometry)
+    return _output_stages(counts, lambda o, y, xx: offsets[border_class(y, top, bottom, tirx.min, tirx.max), o, xx],
+                          extra, out_channels, (oh, ow), mode)
+
+
+def _padded_word(x: te.Tensor, i, y, xx, k):
+    """x[i, y, xx, k] of packed words x (N,H,W,Cw), zero outside the input (bit 0 = +1, undone by the
+    correction)."""
+    _, h, w, _ = (int(d) for d in x.shape)
+    inside = tirx.all(y >= 0, y < h, xx >= 0, xx < w)
+    return tirx.if_then_else(inside, x[i, y, xx, k], kernels._u64(0))
+
+
+def _row_counts(x: te.Tensor, weights: te.Tensor, strides, pads, oh: int, owp: int, geometry: dict) -> te.Tensor:
+    """Stages "pad" (the module docstring's xp) and "popcount": counts (N, Cout, OH, OWp)."""
+    n, h, _, cw = (int(d) for d in x.shape)
+    cout, kh, kw, _ = (int(d) for d in weights.shape)
+    (sh, sw), (ph, pw) = strides, pads
     span = owp + (kw - 1) // sw  # columns j of one phase that the padded output width reads
-
-    def padded(i, row, k, p, j):
-        y, xx = row - ph, j * sw + p - pw
-        inside = tirx.all(y >= 0, y < h, xx >= 0, xx < w)
-        return tirx.if_then_else(inside, x[i, y, xx, k], kernels._u64(0))
-
-    # The padded width, which the layout does not show, for the schedule's shape key (schedule_x86.conv_key).
-    xp = te.compute((n, h + 2 * ph, cw, sw, span), padded, name="pad", attrs={PADDED_WIDTH: w + 2 * pw})
+    xp = te.compute((n, h + 2 * ph, cw, sw, span),
+                    lambda i, row, k, p, j: _padded_word(x, i, row - ph, j * sw + p - pw, k), name="pad", attrs=geometry)
     r, s, k = te.reduce_axis((0, kh), name="r"), te.reduce_axis((0, kw), name="s"), te.reduce_axis((0, cw), name="k")
-    counts = te.compute(
+    return te.compute(
         (n, cout, oh, owp),
         lambda i, o, y, xx: te.sum(tirx.popcount(xp[i, y * sh + r, k, s % sw, xx + s // sw] ^ weights[o, r, s, k]),
                                    axis=[r, s, k]),
         name="popcount")
-    if mode == "bits_limits":
-        return _bits_output(counts, offsets, out_channels, ow, top, bottom)
-    two = tirx.const(2, "float32")
-    conv = te.compute(
-        (n, cout, oh, owp),
-        lambda i, o, y, xx: offsets[border_class(y, top, bottom, tirx.min, tirx.max), o, xx]
-        - two * counts[i, o, y, xx].astype("float32"),
-        name="conv")
-    scale, bias = extra
-    return te.compute((n, out_channels, oh, owp),
-                      lambda i, o, y, xx: kernels._rounded(conv[i, o, y, xx] * scale[o]) + bias[o],
-                      name="output")
 
 
-def _bits_output(counts: te.Tensor, limits: te.Tensor, out_channels: int, out_width: int, top: int, bottom: int):
-    """Stages "conv" and "output" of mode "bits_limits": each output's bit in its place of the word
-    (count > limit, limits from fold_thresholds), then each word the OR (sum) of its 64 channels' bits,
-    NHWC words (N, OH, OW, ceil(Cout/64)) like kernels' bits output."""
-    n, cout, oh, owp = (int(d) for d in counts.shape)
+def _flat_counts(x: te.Tensor, weights: te.Tensor, strides, pads, oh: int, ow: int, geometry: dict) -> te.Tensor:
+    """Stages "pad" and "popcount" on the flat output plane: counts (N, Cout, OH*OW), pixel q = y*OW + x,
+    so that a vector of V pixels may run across the end of a row and no popcount is spent on padding.
 
-    def in_place(i, o, y, xx):
-        limit = limits[border_class(y, top, bottom, tirx.min, tirx.max), o, xx]
+    "pad" holds, per input word k, kernel column s and row phase a, a plane of rows of exactly OW words:
+    xf[n, k, s, a, i*OW + j] = the padded input at row i*sh + a, column j*sw + s. Pixel q's input at tap
+    (r, s) is then xf[n, k, s, r % sh, q + (r // sh) * OW], one contiguous run for V consecutive pixels
+    wherever the rows end (kw copies of the input, against the popcounts' Cout*kh uses of each word).
+    The offsets are per pixel (Cout, OH*OW): the border classes change within a vector."""
+    n, _, _, cw = (int(d) for d in x.shape)
+    cout, kh, kw, _ = (int(d) for d in weights.shape)
+    (sh, sw), (ph, pw) = strides, pads
+    rows = oh + (kh - 1) // sh  # plane rows i that the output reads
+
+    def plane(i, k, s, a, m):
+        return _padded_word(x, i, (m // ow) * sh + a - ph, (m % ow) * sw + s - pw, k)
+
+    xf = te.compute((n, cw, kw, sh, rows * ow), plane, name="pad", attrs=geometry)
+    r, s, k = te.reduce_axis((0, kh), name="r"), te.reduce_axis((0, kw), name="s"), te.reduce_axis((0, cw), name="k")
+    return te.compute(
+        (n, cout, oh * ow),
+        lambda i, o, q: te.sum(tirx.popcount(xf[i, k, s, r % sh, q + (r // sh) * ow] ^ weights[o, r, s, k]),
+                               axis=[r, s, k]),
+        name="popcount")
+
+
+def _output_stages(counts: te.Tensor, offset, extra, out_channels: int, out_pixels: tuple, mode: str) -> te.Tensor:
+    """Stages "conv" and "output" after counts (N, Cout, *pixels), `offset(o, *pixel)` the offsets' (or
+    the limits') element of output channel o at a pixel; `out_pixels` the pixel axes' extents stored
+    (the rows' OW columns of OWp for "bits", where those differ).
+
+    "affine": y = offsets - 2*count in floats (exact: integers below 2**24), then y * scale + bias as
+    kernels computes it; output (N, Cout, *pixels). "bits_limits": each output's bit in its place of the
+    word (count > limit), then each word the OR (sum) of its 64 channels' bits; output (N, *out_pixels,
+    ceil(Cout/64)), NHWC words like kernels' bits output."""
+    n, cout, *pixels = (int(d) for d in counts.shape)
+    if mode == "affine":
+        scale, bias = extra
+        two = tirx.const(2, "float32")
+        conv = te.compute((n, cout, *pixels),
+                          lambda i, o, *p: offset(o, *p) - two * counts[(i, o, *p)].astype("float32"), name="conv")
+        return te.compute((n, out_channels, *pixels),
+                          lambda i, o, *p: kernels._rounded(conv[(i, o, *p)] * scale[o]) + bias[o], name="output")
+
+    def in_place(i, o, *p):
         place = (o % WORD_BITS).astype("uint64")
-        return tirx.Select(counts[i, o, y, xx].astype("int64") > limit, kernels._u64(1) << place, kernels._u64(0))
+        return tirx.Select(counts[(i, o, *p)].astype("int64") > offset(o, *p), kernels._u64(1) << place,
+                           kernels._u64(0))
 
-    conv = te.compute((n, cout, oh, owp), in_place, name="conv")
+    conv = te.compute((n, cout, *pixels), in_place, name="conv")
     # A single word of fewer than 64 channels adds only those (the others would be computed and dropped).
     bit = te.reduce_axis((0, min(WORD_BITS, out_channels)), name="bit")
-    return te.compute(
-        (n, oh, out_width, words_for(out_channels)),
-        lambda i, y, xx, wd: te.sum(tirx.if_then_else(wd * WORD_BITS + bit < out_channels,
-                                                      conv[i, wd * WORD_BITS + bit, y, xx], kernels._u64(0)),
-                                    axis=bit),
-        name="output")
+
+    def word(i, *p_wd):
+        *p, wd = p_wd
+        return te.sum(tirx.if_then_else(wd * WORD_BITS + bit < out_channels, conv[(i, wd * WORD_BITS + bit, *p)],
+                                        kernels._u64(0)), axis=bit)
+
+    return te.compute((n, *out_pixels, words_for(out_channels)), word, name="output")

@@ -93,8 +93,9 @@ def _convert_binary_conv2d(bb, inputs, attr, lanes: int, conv=kernels, pixel_lan
         if _static_shape(tensor, name, what) != (int(w.shape[0]),):
             raise UserError(f"node {name}: {what} has shape {list(_static_shape(tensor, name, what))}, "
                             f"expected [{int(w.shape[0])}] (one per output channel)")
-    out_width = border_bounds(width, w.shape[2], strides[1], pads[1])[0]
-    conv = conv_module(conv, mode, cw, out_width, lanes, pixel_lanes)
+    out_hw = (border_bounds(h, w.shape[1], strides[0], pads[0])[0],
+              border_bounds(width, w.shape[2], strides[1], pads[1])[0])
+    conv = conv_module(conv, mode, cw, out_hw, lanes, pixel_lanes)
     thresholds = _constant(extra[0], name, "thresholds") if compute_mode(mode, conv) == "bits_limits" else None
     blocked, correction, compute = conv_constants(conv, w, cin, (h, width), pads, strides, lanes, mode, thresholds)
     if compute == "bits_limits":
@@ -103,9 +104,21 @@ def _convert_binary_conv2d(bb, inputs, attr, lanes: int, conv=kernels, pixel_lan
               *extra, in_channels=cin, out_channels=int(w.shape[0]), strides=strides, pads=pads, mode=compute)
     if compute == "int_nhwc":
         return bb.emit(relax.op.permute_dims(y, [0, 3, 1, 2]))
-    if conv is kernels_pixels and compute == "affine" and _static_shape(y, name, "output")[3] != out_width:
-        # rows of whole vectors (kernels_pixels.binary_conv2d): the OW columns kept
-        return bb.emit(relax.op.strided_slice(y, axes=[3], begin=[0], end=[out_width]))
+    if conv is kernels_pixels:
+        return _pixel_output(bb, y, _static_shape(y, name, "output"), out_hw, compute)
+    return y
+
+
+def _pixel_output(bb, y, shape, out_hw, compute: str):
+    """kernels_pixels' output as NCHW floats or NHWC words: a flat plane ((N, Cout, OH*OW) or (N, OH*OW,
+    words)) reshaped (a view); "affine" rows padded to whole vectors sliced to OW columns (Relax fuses
+    the slice into the consumer)."""
+    if len(shape) == 3 and compute == "affine":
+        return bb.emit(relax.op.reshape(y, (*shape[:2], *out_hw)))
+    if len(shape) == 3:
+        return bb.emit(relax.op.reshape(y, (shape[0], *out_hw, shape[2])))
+    if compute == "affine" and shape[3] != out_hw[1]:
+        return bb.emit(relax.op.strided_slice(y, axes=[3], begin=[0], end=[out_hw[1]]))
     return y
 
 
@@ -121,11 +134,11 @@ def conv_constants(conv, w: np.ndarray, in_channels: int, in_hw, pads, strides, 
     return blocked, correction, compute
 
 
-def conv_module(conv, mode: str, words: int, out_width: int, lanes: int, pixel_lanes: bool):
+def conv_module(conv, mode: str, words: int, out_hw, lanes: int, pixel_lanes: bool):
     """The module whose compute a BinaryConv2d is emitted with: kernels_pixels (output pixels in the
     lanes) where the target asks for pixel lanes, the compute is kernels' and kernels_pixels.applies to
     the shape; else `conv` (the target's: kernels, or kernels_arm)."""
-    if pixel_lanes and conv is kernels and kernels_pixels.applies(mode, words, out_width, lanes):
+    if pixel_lanes and conv is kernels and kernels_pixels.applies(mode, words, out_hw, lanes):
         return kernels_pixels
     return conv
 

@@ -64,7 +64,11 @@ The conv, as measured (tvm-notes.md, "What made a binary conv fast", and sdbnn_d
   and whatever the tile does besides them weighs: there (target param pixel_lanes) the importer emits
   kernels_pixels' compute, output PIXELS in the lanes, scheduled by schedule_pixel_lanes: an NCHW
   output row is stored as it comes out of the tile, and a bits word collects its 64 channels in a
-  register (ResNet-18's Cin 64 convs, one core: 52-70% of the ceiling with channel lanes, 72-87% so).
+  register (ResNet-18's Cin 64 convs, one core: 52-70% of the ceiling with channel lanes, 72-87% so);
+  where the output width is not whole vectors but the plane is, on the flat plane (vectors across the
+  ends of rows: kernels_pixels.flat_layout; Bi-Real-18's 28x28 convs, one core, against rows padded
+  from 28 to 32 columns: 64->128 s2 33.1 -> 29.0 us, 128->128 56.4 -> 50.5 us, the whole net 4.17 ->
+  3.96 ms; a 64->64 4x4 bits conv against channel lanes 0.56 -> 0.25 us).
 """
 import math
 
@@ -93,6 +97,8 @@ SERIAL_CONV_WORDS = 65536
 # The default register tile of a pixel-lanes conv per output (schedule_pixel_lanes): vectors of pixels x
 # channels (one core, AVX-512: affine 1 x 8, bits 2 x 4 measured fastest on ResNet-18's Cin 64 and 128).
 PIXEL_TILES = {"affine": (1, 8), "bits": (2, 4)}
+# Pixels per "row" of a flat-plane conv (_pixel_rows), at most: about a row of Bi-Real-18's 28x28 outputs.
+FLAT_GROUP_PIXELS = 32
 
 
 def _param(params, name):
@@ -353,30 +359,34 @@ def _schedule_conv_output(sch: s_tir.Schedule, out) -> None:
 
 
 def pixel_lanes(sch: s_tir.Schedule) -> bool:
-    """Whether the conv is kernels_pixels' (output pixels in the lanes): its "pad" stage has 5 axes
-    (n, row, word, stride phase, column), kernels' has 4."""
-    return len(sch.get(sch.get_sblock("pad")).iter_vars) == 5
+    """Whether the conv is kernels_pixels' (output pixels in the lanes): its "pad" stage carries the
+    geometry annotation."""
+    return kernels_pixels.GEOMETRY in sch.get(sch.get_sblock("pad")).annotations
 
 
 def _pixel_mode(sch: s_tir.Schedule) -> str:
-    """"bits" (NHWC words: n, y, x, word and the bit reduced) or "affine" (NCHW floats: n, o, y, x)."""
-    return "bits" if len(sch.get(sch.get_sblock("output")).iter_vars) == 5 else "affine"
+    """"bits" (NHWC words, the bit reduced) or "affine" (NCHW floats)."""
+    reduces = any(iv.iter_type == tvm.tirx.IterVar.CommReduce for iv in sch.get(sch.get_sblock("output")).iter_vars)
+    return "bits" if reduces else "affine"
+
+
+def _flat(sch: s_tir.Schedule) -> bool:
+    """Whether a pixel-lanes conv runs on the flat plane (kernels_pixels._flat_counts): counts (n, o, q)."""
+    return len(sch.get(sch.get_sblock("popcount")).iter_vars) == 6
 
 
 def _pixel_key(sch: s_tir.Schedule) -> str:
-    pad = sch.get(sch.get_sblock("pad"))
-    _, hp, cw, sw, _ = (int(iv.dom.extent) for iv in pad.iter_vars)
-    wp = int(pad.annotations[kernels_pixels.PADDED_WIDTH])
-    _, cout, oh, _, kh, kw, _ = (int(iv.dom.extent) for iv in sch.get(sch.get_sblock("popcount")).iter_vars)
-    return f"{hp}x{wp}x{cw}>{oh}x{(wp - kw) // sw + 1}x{cout}:{kh}x{kw}:{_pixel_mode(sch)}-pixels"
+    hp, wp, oh, ow = (int(d) for d in sch.get(sch.get_sblock("pad")).annotations[kernels_pixels.GEOMETRY])
+    _, cout, *_, kh, kw, cw = (int(iv.dom.extent) for iv in sch.get(sch.get_sblock("popcount")).iter_vars)
+    return f"{hp}x{wp}x{cw}>{oh}x{ow}x{cout}:{kh}x{kw}:{_pixel_mode(sch)}-{'flat' if _flat(sch) else 'pixels'}"
 
 
 def pixel_tile_extents(sch: s_tir.Schedule, lanes: int):
     """(vectors, channels) that a pixel-lanes tile's sides must divide: the vectors of a padded output
-    row, and the output channels (bits: those of one output word, gcd(Cout, 64), as a word's channels
-    are split into whole tiles)."""
-    _, cout, _, width, *_ = (_extent(sch, loop) for loop in sch.get_loops(sch.get_sblock("popcount")))
-    return width // lanes, math.gcd(cout, WORD_BITS) if _pixel_mode(sch) == "bits" else cout
+    row (of the plane on the flat layout), and the output channels (bits: those of one output word,
+    gcd(Cout, 64), as a word's channels are split into whole tiles)."""
+    _, cout, *pixels = (int(iv.dom.extent) for iv in sch.get(sch.get_sblock("popcount")).iter_vars[:-3])
+    return pixels[-1] // lanes, math.gcd(cout, WORD_BITS) if _pixel_mode(sch) == "bits" else cout
 
 
 def pixel_choice(sch: s_tir.Schedule, params) -> dict:
@@ -421,7 +431,10 @@ def schedule_pixel_lanes(sch: s_tir.Schedule, params) -> None:
     56x56 affine 65.4 -> 50.4 us; VGG-Small dynamic's 128->256 16x16 affine 39.6 -> 29.1 us."""
     choice = pixel_choice(sch, params)
     lanes = conv_lanes(params)
-    _schedule_pad(sch, sch.get_sblock("pad"))
+    pad = sch.get_sblock("pad")
+    if _flat(sch):
+        _plane_rows(sch, pad)
+    _schedule_pad(sch, pad)
     counts = sch.get_sblock("popcount")
     sch.compute_inline(sch.get_sblock("conv"))
     if _pixel_mode(sch) == "bits":
@@ -431,9 +444,29 @@ def schedule_pixel_lanes(sch: s_tir.Schedule, params) -> None:
     sch.set_scope(counts, 0, choice["tile_scope"])
 
 
+def _plane_rows(sch: s_tir.Schedule, pad) -> None:
+    """The flat plane's pad stage as rows of OW words: its index m split into (m // OW, m % OW), which
+    the simplifier then leaves out of each word's address and padding test."""
+    ow = int(sch.get(pad).annotations[kernels_pixels.GEOMETRY][3])
+    sch.split(sch.get_loops(pad)[-1], [None, ow])
+
+
+def _pixel_rows(sch: s_tir.Schedule, pixels: list, tile_pixels: int):
+    """(row, x): the loops over output rows and over the pixels of a row, from a pixel-lanes conv's pixel
+    loops (y, x); on the flat plane (q) a "row" is a group of whole tiles, at most FLAT_GROUP_PIXELS
+    pixels where the tiles allow (the unit of parallel work, as a row elsewhere)."""
+    if len(pixels) == 2:
+        return pixels
+    (q,) = pixels
+    tiles = _extent(sch, q) // tile_pixels
+    group = largest_divisor(tiles, max(1, FLAT_GROUP_PIXELS // tile_pixels))
+    return sch.split(q, [None, group * tile_pixels])
+
+
 def _pixel_affine_tiles(sch: s_tir.Schedule, counts, choice: dict, lanes: int) -> None:
     out = sch.get_sblock("output")
-    n, o, y, x, r, s, k = sch.get_loops(counts)
+    n, o, *pixels, r, s, k = sch.get_loops(counts)
+    y, x = _pixel_rows(sch, pixels, choice["tile_pixels"])
     xo, xi, xv = sch.split(x, [None, choice["tile_pixels"] // lanes, lanes])
     oo, oi = sch.split(o, [None, choice["tile_blocks"]])
     sch.reorder(n, y, oo, xo, r, s, k, oi, xi, xv)
@@ -454,7 +487,8 @@ def _pixel_affine_tiles(sch: s_tir.Schedule, counts, choice: dict, lanes: int) -
 
 def _pixel_bits_tiles(sch: s_tir.Schedule, counts, choice: dict, lanes: int) -> None:
     out = sch.get_sblock("output")
-    n, y, x, word, bit = sch.get_loops(out)
+    n, *pixels, word, bit = sch.get_loops(out)
+    y, x = _pixel_rows(sch, pixels, choice["tile_pixels"])
     xo, xi, xv = sch.split(x, [None, choice["tile_pixels"] // lanes, lanes])
     bo, bi = sch.split(bit, [None, choice["tile_blocks"]])
     sch.reorder(n, y, xo, word, bo, bi, xi, xv)
@@ -464,7 +498,7 @@ def _pixel_bits_tiles(sch: s_tir.Schedule, counts, choice: dict, lanes: int) -> 
     sch.compute_at(counts, bo)
     # The tile's own loops below rows, xo, word and bo, made by compute_at: channels, pixels, then r, s, k;
     # compute_at leaves out those of extent 1.
-    _, _, _, _, kh, kw, cw = (int(iv.dom.extent) for iv in sch.get(counts).iter_vars)
+    *_, kh, kw, cw = (int(iv.dom.extent) for iv in sch.get(counts).iter_vars)
     extents = {"channels": choice["tile_blocks"], "pixels": choice["tile_pixels"], "r": kh, "s": kw, "k": cw}
     loops = dict(zip([name for name, extent in extents.items() if extent > 1], sch.get_loops(counts)[4:]))
     vectors, lane = sch.split(loops["pixels"], [None, lanes])
