@@ -211,6 +211,13 @@ class Measure:
         return float(min(seconds) if self.session.is_local else np.median(seconds))
 
 
+def trial_params(base: dict, key: str, trial: dict | None) -> dict:
+    """The params a candidate is built with: `base` (the target's, without shapes) with the trial as
+    the shape's entry, as it is stored if it wins (a pixel-lanes conv reads its tile from its entry
+    only: given as global params, every trial built the default tile); None: `base` alone."""
+    return base if trial is None else {**base, "shapes": {key: trial}}
+
+
 def tune_primfunc(func, spec, measure: Measure, rounds: int = 3) -> Result:
     """Measure every candidate for one BinaryConv2d PrimFunc with `measure`; the fastest wins."""
     session = measure.session
@@ -222,7 +229,7 @@ def tune_primfunc(func, spec, measure: Measure, rounds: int = 3) -> Result:
     args = [session.tensor(a) for a in inputs] + [tvm.runtime.empty(shape, dtype, session.device())]
     timers, want = [], None
     for trial in trials:
-        mod = measure.load(_build(func, base if trial is None else {**base, **trial}, spec))
+        mod = measure.load(_build(func, trial_params(base, key, trial), spec))
         mod["main"](*args)
         got = args[-1].numpy()
         if want is None:

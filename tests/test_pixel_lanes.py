@@ -186,3 +186,7 @@ def test_tune_measures_pixel_lane_tiles():
     assert {c["tile_scope"] for c in tried} == {"local", "global"}
     result = tune.tune_primfunc(func, spec, tune.Measure(tune.measuring_session(spec), spec, "."), rounds=1)
     assert result.key == "18x18x1>16x16x16:3x3:affine-pixels" and result.params in tried
+    # Each candidate is built as what it is (the schedule reads a pixel tile from the shape's entry only).
+    base = tune._global(spec.params)
+    for trial in tried:
+        assert schedule_x86.pixel_choice(sch, tune.trial_params(base, result.key, trial)) == trial
