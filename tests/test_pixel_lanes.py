@@ -110,6 +110,15 @@ def test_pixel_lanes_shape_entries_are_exact(entry):
     np.testing.assert_array_equal(run(lib, arrays, padded_like(output, want)), want)
 
 
+@pytest.mark.parametrize("stride,mode,tile", [(1, "affine", "affine"), (2, "affine", "affine-strided"),
+                                              (1, "bits", "bits"), (2, "bits", "bits")])
+def test_pixel_default_tile_by_mode_and_stride(stride, mode, tile):
+    sch = tvm.s_tir.Schedule(tune.conv_primfunc(64, 64, 3, stride, 1, 32, mode, 8, pixels=True))
+    vectors, channels = schedule_x86.PIXEL_TILES[tile]
+    assert schedule_x86.pixel_choice(sch, {}) == {"tile_pixels": vectors * 8, "tile_blocks": channels,
+                                                  "tile_scope": "global"}
+
+
 def test_pixel_keys_tell_strides_and_pads_apart():
     """The key names the padded input and the real output width, like a channel-lane key: a stride-1
     pad-0 and a stride-2 pad-2 5x5 conv of the same input do not share a tuned entry."""

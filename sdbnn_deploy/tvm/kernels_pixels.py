@@ -29,8 +29,8 @@ from sdbnn_deploy.bits import WORD_BITS, words_for
 from sdbnn_deploy.tvm import kernels
 from sdbnn_deploy.tvm.kernels import border_bounds, border_class
 
-# The "pad" stage's annotation (H + 2*ph, W + 2*pw, OH, OW), which its layout does not show, for the
-# schedule's shape key (schedule_x86.conv_key).
+# The "pad" stage's annotation (H + 2*ph, W + 2*pw, OH, OW, sh, sw), which its layout does not show, for
+# the schedule's shape key and default tile (schedule_x86.conv_key, pixel_choice).
 GEOMETRY = "sdbnn.geometry"
 MODES = ("affine", "bits_limits")  # the computes' modes (relax_import.compute_mode: ONNX "bits" -> "bits_limits")
 # Input words per pixel up to which a conv is emitted with pixel lanes (applies): with more, the channel
@@ -110,7 +110,7 @@ def binary_conv2d(x: te.Tensor, weights: te.Tensor, offsets: te.Tensor, *extra: 
     n, h, w, cw = (int(d) for d in x.shape)
     cout, kh, kw, _ = (int(d) for d in weights.shape)
     (oh, top, bottom), (ow, _, _) = border_bounds(h, kh, strides[0], pads[0]), border_bounds(w, kw, strides[1], pads[1])
-    geometry = {GEOMETRY: [h + 2 * pads[0], w + 2 * pads[1], oh, ow]}
+    geometry = {GEOMETRY: [h + 2 * pads[0], w + 2 * pads[1], oh, ow, *strides]}
     if len(offsets.shape) == 2:
         counts = _flat_counts(x, weights, strides, pads, oh, ow, geometry)
         return _output_stages(counts, lambda o, q: offsets[o, q], extra, out_channels, (oh * ow,), mode)

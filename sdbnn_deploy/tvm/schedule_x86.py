@@ -95,8 +95,10 @@ UNROLLED_WORDS = 3
 # Popcounted words below which a conv runs on one thread (serial_conv).
 SERIAL_CONV_WORDS = 65536
 # The default register tile of a pixel-lanes conv per output (schedule_pixel_lanes): vectors of pixels x
-# channels (one core, AVX-512: affine 1 x 8, bits 2 x 4 measured fastest on ResNet-18's Cin 64 and 128).
-PIXEL_TILES = {"affine": (1, 8), "bits": (2, 4)}
+# channels (one core, AVX-512: affine 1 x 8, bits 2 x 4 measured fastest on ResNet-18's Cin 64 and 128;
+# strided affine convs 2 x 4, against 1 x 8: Bi-Real-18's 64->128 s2 28x28 29.4 -> 26.4 us, ResNet-18
+# dynamic's 64->128 s2 16x16 8.9 -> 8.4, ResNet-20's 16->32 s2 16x16 2.34 -> 2.24).
+PIXEL_TILES = {"affine": (1, 8), "affine-strided": (2, 4), "bits": (2, 4)}
 # Pixels per "row" of a flat-plane conv (_pixel_rows), at most: about a row of Bi-Real-18's 28x28 outputs.
 FLAT_GROUP_PIXELS = 32
 
@@ -376,9 +378,20 @@ def _flat(sch: s_tir.Schedule) -> bool:
 
 
 def _pixel_key(sch: s_tir.Schedule) -> str:
-    hp, wp, oh, ow = (int(d) for d in sch.get(sch.get_sblock("pad")).annotations[kernels_pixels.GEOMETRY])
+    hp, wp, oh, ow, *_ = _geometry(sch)
     _, cout, *_, kh, kw, cw = (int(iv.dom.extent) for iv in sch.get(sch.get_sblock("popcount")).iter_vars)
     return f"{hp}x{wp}x{cw}>{oh}x{ow}x{cout}:{kh}x{kw}:{_pixel_mode(sch)}-{'flat' if _flat(sch) else 'pixels'}"
+
+
+def _geometry(sch: s_tir.Schedule) -> list[int]:
+    """(H + 2*ph, W + 2*pw, OH, OW, sh, sw) of a pixel-lanes conv (kernels_pixels.GEOMETRY)."""
+    return [int(d) for d in sch.get(sch.get_sblock("pad")).annotations[kernels_pixels.GEOMETRY]]
+
+
+def _default_pixel_tile(sch: s_tir.Schedule):
+    """PIXEL_TILES' (vectors, channels) for this conv's mode and stride."""
+    mode = _pixel_mode(sch)
+    return PIXEL_TILES["affine-strided" if mode == "affine" and max(_geometry(sch)[4:]) > 1 else mode]
 
 
 def pixel_tile_extents(sch: s_tir.Schedule, lanes: int):
@@ -391,7 +404,7 @@ def pixel_tile_extents(sch: s_tir.Schedule, lanes: int):
 
 def pixel_choice(sch: s_tir.Schedule, params) -> dict:
     """tile_pixels (output pixels, whole vectors of lanes), tile_blocks (here: output CHANNELS) and
-    tile_scope of a pixel-lanes conv: its `shapes` entry, else PIXEL_TILES of its mode, in scope
+    tile_scope of a pixel-lanes conv: its `shapes` entry, else PIXEL_TILES of its mode and stride, in scope
     "global" where it fits under STACK_BYTES; a side of the entry's tile that is not whole vectors or
     does not divide the extents falls back to the largest divisor within the default's side."""
     entry = (_param(params, "shapes") or {}).get(conv_key(sch), {})
@@ -401,7 +414,7 @@ def pixel_choice(sch: s_tir.Schedule, params) -> dict:
                                  "pixel-lanes conv; known: ['tile_pixels', 'tile_blocks', 'tile_scope']")
     lanes = conv_lanes(params)
     width, cout = pixel_tile_extents(sch, lanes)
-    default = PIXEL_TILES[_pixel_mode(sch)]
+    default = _default_pixel_tile(sch)
     pixels, channels = int(entry.get("tile_pixels", default[0] * lanes)), int(entry.get("tile_blocks", 0))
     vectors = pixels // lanes
     if vectors <= 0 or pixels % lanes or width % vectors:
@@ -447,7 +460,7 @@ def schedule_pixel_lanes(sch: s_tir.Schedule, params) -> None:
 def _plane_rows(sch: s_tir.Schedule, pad) -> None:
     """The flat plane's pad stage as rows of OW words: its index m split into (m // OW, m % OW), which
     the simplifier then leaves out of each word's address and padding test."""
-    ow = int(sch.get(pad).annotations[kernels_pixels.GEOMETRY][3])
+    ow = _geometry(sch)[3]
     sch.split(sch.get_loops(pad)[-1], [None, ow])
 
 
