@@ -25,7 +25,7 @@ MAX_INSTRUCTIONS_PER_128 = 3.5  # Cin <= 128 at 3x3 too, whose tile loop holds t
 # all three output modes, and each way the reduction is cut into uint8 chunks (kernels_arm.chunking).
 CONV_CASES = [
     (1, 3, 7, 6, 5, 3, 1, 1, "int"),  # one partial word in a quad of zeros; chunk "all", columns in pairs
-    (1, 64, 5, 5, 12, 3, 1, 1, "affine"),  # an odd output width: one tree per pixel
+    (1, 64, 5, 5, 12, 3, 1, 1, "affine"),  # an odd output width: flattened pixels, one tree per pair
     (2, 17, 6, 5, 9, 5, 2, 2, "bits"),  # 5x5, stride 2, pad 2
     (1, 80, 5, 7, 70, 3, 2, 1, "affine"),  # two words = one quad; Cout over one output word
     (1, 130, 6, 6, 19, 5, 1, 2, "bits"),  # 5x5 over 2 quads: 50 quads -> chunk "row"
@@ -153,16 +153,18 @@ def test_lane_sums_exact_when_every_bit_differs(tmp_path, monkeypatch):
     assert wants[0].min() == -1920  # no padding: every output counts every pair as different
 
 
-@pytest.mark.parametrize("case, outputs", [((1, 512, 5, 6, 12, 3, 1, 1, "affine"), 8),  # "row", 2 x 4 tile
-                                           ((1, 1400, 3, 3, 6, 3, 1, 1, "int"), 4)])  # "quads", 1 x 4 tile
-def test_widen_is_one_uadalp_and_one_uaddlv_per_output(tmp_path, case, outputs):
+@pytest.mark.parametrize("case, outputs, copies", [((1, 512, 5, 6, 12, 3, 1, 1, "affine"), 8, 1),  # "row", 2 x 4
+                                                   ((1, 1400, 3, 3, 6, 3, 1, 1, "int"), 8, 3)])  # "quads", 2 x 4
+def test_widen_is_one_uadalp_and_one_uaddlv_per_output(tmp_path, case, outputs, copies):
     """Several chunks: each chunk's bytes go into the tile's uint16 lanes with one `uadalp` per output
-    (kernels_arm._byte_pair), and each output's count is one `uaddlv`; nothing widens a lane at a time."""
+    (kernels_arm._byte_pair), and each output's count is one `uaddlv`; nothing widens a lane at a time.
+    LLVM unrolls the 3 taps of a kernel row of the "quads" chunks (3 x 3 outputs: flattened pixels,
+    kernels_arm.flat_pixels): 3 copies of the chunk's code."""
     mod, _, _ = _conv_module([case])
     functions = asm_count.disassemble(_export(mod, tmp_path / "conv.so"))
     (conv,) = [code for code in functions.values() if any(ins.is_byte_cnt for ins in code)]
     mnemonics = [ins.mnemonic for ins in conv]
-    assert mnemonics.count("uadalp") == outputs and mnemonics.count("uaddlv") == outputs
+    assert mnemonics.count("uadalp") == outputs * copies and mnemonics.count("uaddlv") == outputs
     assert not {"uaddw", "uaddw2", "uaddlp", "umov", "ins"} & set(mnemonics)
 
 

@@ -28,7 +28,16 @@ two instructions per pixel; the freed register ended 7 reloads of spilled inputs
   (Cin <= 128, 9 popcounts per output at 3x3) cost more than the popcounts' adds. Where there is one chunk
   of at most 15 quads (Cin <= 128 at 3x3) and V = 4, the 4 channels of a pixel are summed together by a
   pairwise tree instead (_pixel_tree), which leaves their counts in one register; with an even output
-  width one tree sums two columns' (_pixel_pair_tree).
+  width or flattened pixels (below) one tree sums two pixels' (_pixel_pair_tree).
+
+Where tiles of FLAT_TILE = 2 pixels do not divide the output width and there is more than one row
+(flat_pixels: Bi-Real ResNet-18's 7x7 outputs, whose rows had 1-pixel tiles: 3.97 and 3.75 instructions
+per 128 bit-MACs in the hot loop), the popcounts run on the flattened pixel axis p = y*OW + x,
+padded to whole tiles (49 -> 50 pixels: 2% more popcounts): stage "planes" (_tap_planes) lays out, per
+kernel row, the inputs of every pixel's taps, so that a tile reads pixels p and p + 1 the same way whether
+or not they share a row; "popcount_bytes", "widen" and "popcount" have the axes (N, pixels, blocks, V, ...)
+and stage "pixels" is the (N, OH, OW, blocks, V) view the output stage reads (each pixel's offsets from
+its row and column's border classes, at the tile's end).
 
 How the reduction (kh, kw, quads) is cut into chunks (`chunking`, the first that fits):
   "all":   kh*kw*quads <= 31: one chunk, nothing is widened before the end;
@@ -48,6 +57,7 @@ WORDS_PER_QUAD = 2
 MAX_QUADS_PER_CHUNK = 31  # 31 quads * at most 8 set bits per byte lane = 248 <= 255
 HALF_QUAD_LANES = 8  # uint16 lanes in one 128-bit register: "widen" adds its 16 bytes in pairs into them
 TREE_LANES = 4  # output channels per weight block that _pixel_tree sums together
+FLAT_TILE = 2  # pixels per register tile on the flattened pixel axis (flat_pixels)
 
 
 def chunking(kh: int, kw: int, quads: int):
@@ -121,18 +131,20 @@ def _pixel_tree(part: te.Tensor, i, y, x, b, v):
     return tirx.Shuffle([doubled], [v])
 
 
-def _pixel_pair_tree(part: te.Tensor, i, y, x, b, v):
+def _pixel_pair_tree(part: te.Tensor, i, *pixel_b_v):
     """_pixel_tree's value for output column x from one tree over the two columns 2*(x//2) and
-    2*(x//2) + 1 (the output width even; the schedule keeps them in one tile): the last `addp .8h` adds
+    2*(x//2) + 1 (the output width even, or x the flattened pixel; the schedule keeps them in one tile;
+    pixel_b_v: (y, x, b, v), or flattened (x, b, v)): the last `addp .8h` adds
     the two pixels' _channel_pairs into one register, their 4 counts each in one half, where _pixel_tree
     takes one per pixel; one `uqadd .8h` of that with itself doubles all 8 (at most 2 * 2040: it never
     saturates), and LLVM subtracts each half from its pixel's offsets with `usubw` and `usubw2`. Per tile of
     2 pixels that is 2 instructions fewer than _pixel_tree's (ResNet-18's 64->64 3x3 conv, rpi4: 251 -> 250
     instructions per 72 `cnt .16b` in the tile loop, 64->128 stride 2 253 -> 251; LLVM made two `movi` of
     the 2 for `umlsl` and `umlsl2`, and split a plain add of the halves)."""
+    *rows, x, b, v = pixel_b_v
     left = x // 2 * 2
-    both = _intrin("uint16x8", "addp.v8i16", _channel_pairs(part, (i, y, left, b)),
-                   _channel_pairs(part, (i, y, left + 1, b)))
+    both = _intrin("uint16x8", "addp.v8i16", _channel_pairs(part, (i, *rows, left, b)),
+                   _channel_pairs(part, (i, *rows, left + 1, b)))
     twice = _intrin("uint16x8", "uqadd.v8i16", both, both)
     halves = [tirx.Cast("int32x4", tirx.Shuffle([twice], list(range(k, k + TREE_LANES)))) for k in (0, TREE_LANES)]
     return tirx.if_then_else(x % 2 == 0, tirx.Shuffle([halves[0]], [v]), tirx.Shuffle([halves[1]], [v]))
@@ -153,6 +165,35 @@ def _intrin(dtype: str, name: str, *args):
     return tirx.call_llvm_pure_intrin(dtype, f"llvm.aarch64.neon.{name}", *args)
 
 
+def flat_pixels(out_hw) -> bool:
+    """Whether binary_conv2d computes the popcounts on the flattened pixel axis (module docstring): an
+    output width that tiles of FLAT_TILE pixels do not divide, and more than one row."""
+    oh, ow = out_hw
+    return ow % FLAT_TILE != 0 and oh > 1
+
+
+def _tap_planes(xp: te.Tensor, out_hw, kernel, strides) -> te.Tensor:
+    """Stage "planes" (N, kh, pixels, kw, quads, 16): element [i, r, p, s] is the input that tap (r, s) of
+    flattened output pixel p = y*OW + x reads (padded input row y*sh + r, column x*sw + s; zero for the
+    pixels past OH*OW that pad them to whole tiles of FLAT_TILE). The taps of a kernel row are next to
+    each other and so are two pixels', so that a tile's loads are `ldp` with immediate offsets, and the
+    kernel row r is a constant stride. Planes per kernel column s and row phase r % sh (the padded input
+    once, element p + (r // sh) * OW) made the hot loop compute each row's address (6 instructions per 48
+    `cnt .16b`) and load one pixel's quads at a time (offsets past `ldp`'s range); read from stage "pad"
+    (not inlined: its guards and byte shifts per element took 39 instructions per quad)."""
+    n, hp, _, quads, _ = (int(d) for d in xp.shape)
+    oh, ow = out_hw
+    kh, kw = kernel
+    sh, sw = strides
+    pixels = -(-oh * ow // FLAT_TILE) * FLAT_TILE
+
+    def element(i, r, p, s, q, byte):
+        row = p // ow * sh + r  # clamped below too: a vectorised select reads both branches
+        return tirx.if_then_else(row < hp, xp[i, tirx.min(row, hp - 1), p % ow * sw + s, q, byte], _u8(0))
+
+    return te.compute((n, kh, pixels, kw, quads, QUAD_BYTES), element, name="planes")
+
+
 def binary_conv2d(x: te.Tensor, weights: te.Tensor, offsets: te.Tensor, *extra: te.Tensor,
                   in_channels: int, out_channels: int, strides, pads, mode: str) -> te.Tensor:
     """BinaryConv2d of packed words x (N,H,W,Cw) with byte weights and offsets from prepare_conv_weights."""
@@ -164,6 +205,8 @@ def binary_conv2d(x: te.Tensor, weights: te.Tensor, offsets: te.Tensor, *extra: 
     ph, pw = pads
     oh, _, _ = border_bounds(h, kh, sh, ph)
     ow, _, _ = border_bounds(w, kw, sw, pw)
+    tree = name == "all" and lanes == TREE_LANES and kh * kw * quads * 16 <= 0xFF  # a doubled byte lane fits
+    flat = flat_pixels((oh, ow))
 
     def padded(i, y, xx, q, byte):
         word = q * WORDS_PER_QUAD + byte // 8
@@ -172,36 +215,54 @@ def binary_conv2d(x: te.Tensor, weights: te.Tensor, offsets: te.Tensor, *extra: 
         return tirx.if_then_else(inside, value.astype("uint8"), _u8(0))
 
     xp = te.compute((n, h + 2 * ph, w + 2 * pw, quads, QUAD_BYTES), padded, name="pad")
+    if flat:
+        planes = _tap_planes(xp, (oh, ow), (kh, kw), strides)
+        pixels = (int(planes.shape[2]),)
 
-    def popcount(i, y, xx, b, v, byte, r, s, q):
-        return tirx.popcount(xp[i, y * sh + r, xx * sw + s, q, byte] ^ weights[b, r, s, q, v, byte])
+        def tap(i, pixel, r, s, q, byte):
+            return planes[i, r, pixel[0], s, q, byte]
+    else:
+        pixels = (oh, ow)
 
-    spatial = (n, oh, ow, blocks, lanes)
+        def tap(i, pixel, r, s, q, byte):
+            return xp[i, pixel[0] * sh + r, pixel[1] * sw + s, q, byte]
+
+    spatial = (n, *pixels, blocks, lanes)
+    dims = len(spatial)
+
+    def popcount(idx, r, s, q):  # idx: the spatial axes, then any of the chunk's, then the byte
+        i, *pixel, b, v = idx[:dims]
+        return tirx.popcount(tap(i, pixel, r, s, q, idx[-1]) ^ weights[b, r, s, q, v, idx[-1]])
+
     if name == "all":
         r, s, q = (te.reduce_axis((0, e), name=nm) for nm, e in (("r", kh), ("s", kw), ("q", quads)))
-        part = te.compute(spatial + (QUAD_BYTES,), lambda i, y, xx, b, v, byte: te.sum(
-            popcount(i, y, xx, b, v, byte, r, s, q), axis=[r, s, q]), name="popcount_bytes")
-        if lanes == TREE_LANES and kh * kw * quads * 16 <= 0xFF:  # a byte lane's sum doubled fits a byte
-            tree = _pixel_pair_tree if ow % 2 == 0 else _pixel_tree
-            counts = te.compute(spatial, lambda *idx: tree(part, *idx), name="popcount")
+        part = te.compute(spatial + (QUAD_BYTES,), lambda *idx: te.sum(
+            popcount(idx, r, s, q), axis=[r, s, q]), name="popcount_bytes")
+        if tree:
+            pixel_tree = _pixel_pair_tree if flat or ow % 2 == 0 else _pixel_tree
+            counts = te.compute(spatial, lambda *idx: pixel_tree(part, *idx), name="popcount")
         else:
             counts = te.compute(spatial, lambda *idx: _across_lanes(part, idx, QUAD_BYTES), name="popcount")
     elif name == "row":
         s, q = te.reduce_axis((0, kw), name="s"), te.reduce_axis((0, quads), name="q")
-        part = te.compute(spatial + (kh, QUAD_BYTES), lambda i, y, xx, b, v, r, byte: te.sum(
-            popcount(i, y, xx, b, v, byte, r, s, q), axis=[s, q]), name="popcount_bytes")
+        part = te.compute(spatial + (kh, QUAD_BYTES), lambda *idx: te.sum(
+            popcount(idx, idx[dims], s, q), axis=[s, q]), name="popcount_bytes")
         r = te.reduce_axis((0, kh), name="r")
-        widened = te.compute(spatial + (HALF_QUAD_LANES,), lambda i, y, xx, b, v, lane: te.sum(
-            _byte_pair(part, (i, y, xx, b, v, r), lane), axis=[r]), name="widen")
+        widened = te.compute(spatial + (HALF_QUAD_LANES,), lambda *idx: te.sum(
+            _byte_pair(part, idx[:dims] + (r,), idx[-1]), axis=[r]), name="widen")
     else:
         qq = te.reduce_axis((0, per_group), name="qq")
-        part = te.compute(spatial + (kh, kw, groups, QUAD_BYTES), lambda i, y, xx, b, v, r, s, g, byte: te.sum(
-            popcount(i, y, xx, b, v, byte, r, s, g * per_group + qq), axis=[qq]), name="popcount_bytes")
+        part = te.compute(spatial + (kh, kw, groups, QUAD_BYTES), lambda *idx: te.sum(
+            popcount(idx, idx[dims], idx[dims + 1], idx[dims + 2] * per_group + qq), axis=[qq]),
+            name="popcount_bytes")
         r, s, g = (te.reduce_axis((0, e), name=nm) for nm, e in (("r", kh), ("s", kw), ("g", groups)))
-        widened = te.compute(spatial + (HALF_QUAD_LANES,), lambda i, y, xx, b, v, lane: te.sum(
-            _byte_pair(part, (i, y, xx, b, v, r, s, g), lane), axis=[r, s, g]), name="widen")
+        widened = te.compute(spatial + (HALF_QUAD_LANES,), lambda *idx: te.sum(
+            _byte_pair(part, idx[:dims] + (r, s, g), idx[-1]), axis=[r, s, g]), name="widen")
 
     if name != "all":
         counts = te.compute(spatial, lambda *idx: _across_lanes(widened, idx, HALF_QUAD_LANES), name="popcount")
+    if flat:  # the conv stage's (row, column) view of the flattened pixels (schedule_arm inlines it)
+        counts = te.compute((n, oh, ow, blocks, lanes), lambda i, y, xx, b, v: counts[i, y * ow + xx, b, v],
+                            name="pixels")
     return conv_output_stage(counts, offsets, *extra, in_channels=in_channels, out_channels=out_channels,
                              in_hw=(h, w), kernel=(kh, kw), strides=strides, pads=pads, mode=mode, offsets=True)

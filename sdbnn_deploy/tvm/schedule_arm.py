@@ -9,7 +9,7 @@ results are bit-identical.
 Params read here (defaults in DEFAULTS; targets/rpi*.toml set them):
     byte_lanes    use kernels_arm (uint8 partial sums, below), else kernels (uint64 word lanes)
     tile_pixels   output pixels per register tile (an upper bound: the largest divisor of the output
-                  width within it is used)
+                  width within it is used; kernels_arm's flattened pixels: its FLAT_TILE)
     tile_vectors  with byte lanes: V, the output channels per weight block, i.e. the weights' layout
                   (conv_lanes), and the tile's 16-byte accumulators per pixel; with word lanes: the
                   tile's blocks of 2 channels (an upper bound, as tile_pixels)
@@ -50,8 +50,16 @@ stride 2 4.20 -> 5.10); the reductions in the order q, r, s (7x7 Cin 256 stride 
 keeps the q loop) or s, r, q (4.22); a 7x7 shape's tile_vectors 2 or 1 (Cin 256 stride 2 4.20 -> 5.00,
 4.50; Cin 512 4.04 -> 4.39, 4.98); LLVM options through the target's cl-opt: misched and regalloc
 switches changed nothing (string-valued ones do not parse in this TVM), -misched-cluster=false spilled
-(Cin 64 3.94 -> 4.07). With 8 accumulators a Cin <= 128 3x3 tile takes 250 instructions per 72 `cnt .16b`: 208 eor, cnt
-and add, 18 ldp of weights (the inputs stay in registers), 14 for the tree of the two pixels, its
+(Cin 64 3.94 -> 4.07). Landed 2026-11-27 for Bi-Real ResNet-18's 7x7 outputs (rows of 7 had 1-pixel
+tiles): kernels_arm's flattened pixels, 2-pixel tiles that may span two rows (49 pixels padded to 50);
+hot loop (asm_count, the Bi-Real rpi4 artifact) Cin 256 stride 2 3.97 -> 3.46 (166 per 48 `cnt .16b`, a
+kernel row per iteration), Cin 512 3.75 -> 3.42 (328 per 96); whole conv under qemu per USEFUL `cnt
+.16b` (49 pixels; Cout 512) 4.20 -> 4.08 (affine; bits 4.17 -> 4.05) and 4.04 -> 3.83 (affine; int 4.01
+-> 3.80). Cin <= 128 at 7x7 (in no bench model; a pair tree per tile) 3.75 -> 3.58, whole conv 4.12 ->
+4.05 (Cin 128 stride 2 bits), 4.17 -> 4.12 (Cin 64 affine): the tile's end, in that loop, keeps a guard
+per pixel (the conv stage skips the padded 50th pixel). Shapes with even widths are unchanged.
+With 8 accumulators a Cin <= 128 3x3 tile takes 250 instructions per 72 `cnt .16b`: 208 eor, cnt and add,
+18 ldp of weights (the inputs stay in registers), 14 for the tree of the two pixels, its
 doubling and the `usubw` and `usubw2` from the offsets (y = offset - 2*count), 10 for the offsets' loads,
 the stores and the loop.
 
@@ -152,28 +160,36 @@ def _schedule_byte_lanes(sch: s_tir.Schedule, params) -> None:
     vectorised (the hot loop: eor, cnt .16b, add .16b), the taps of a kernel row unrolled (LLVM kept a loop
     over them in a chunk of one row: Cin 512, 2 x 4 tile, whole conv under qemu 4.08 -> 3.73 instructions
     per `cnt .16b`; elsewhere unchanged); then the lane sums (unrolled: the intrinsics take whole
-    registers, so their loop cannot be vectorised), conv and output."""
+    registers, so their loop cannot be vectorised), conv and output. With flattened pixels (a "planes"
+    stage, kernels_arm.flat_pixels) the tiles are FLAT_TILE pixels of the conv stage's pixel axis
+    (_flatten_pixels; the last tile's conv stage guarded where the pixels are odd, its popcounts not)."""
     choice = conv_choice(sch, params)
     pad, part, counts, conv, out = (sch.get_sblock(name) for name in ("pad", "popcount_bytes", "popcount", "conv",
                                                                       "output"))
-    _parallel_rows(sch, pad)
-    sch.vectorize(sch.get_loops(pad)[-1])
-
-    n, oh, ow, b, v = sch.get_loops(conv)
-    if _sums_column_pairs(sch, counts):  # whole pairs of columns per tile
-        tw = 2 * largest_divisor(_extent(sch, ow) // 2, max(1, choice["tile_pixels"] // 2))
+    flat = _has_block(sch, "planes")
+    if flat:  # flattened pixels (kernels_arm.flat_pixels): tiles of FLAT_TILE of them
+        n, ow, b, v = _flatten_pixels(sch, conv)
+        tw = kernels_arm.FLAT_TILE
     else:
-        tw = largest_divisor(_extent(sch, ow), choice["tile_pixels"])
+        n, oh, ow, b, v = sch.get_loops(conv)
+        if _sums_column_pairs(sch, counts):  # whole pairs of columns per tile
+            tw = 2 * largest_divisor(_extent(sch, ow) // 2, max(1, choice["tile_pixels"] // 2))
+        else:
+            tw = largest_divisor(_extent(sch, ow), choice["tile_pixels"])
+    for stage in [pad, sch.get_sblock("planes")] if flat else [pad]:
+        _parallel_rows(sch, stage)
+        sch.vectorize(sch.get_loops(stage)[-1])
     tv = _extent(sch, v) if _sums_whole_blocks(sch, counts) else largest_divisor(_extent(sch, v),
                                                                                  choice["tile_vectors"])
     owo, owi = sch.split(ow, [None, tw])
+    rows = [n, owo] if flat else [n, oh, owo]  # flat: the tiles of pixels in parallel, else the rows
     if tv < _extent(sch, v):  # a tile of fewer channels than a weight block holds: blocks cut in parts
         tile_at, v = sch.split(v, [None, tv])
-        sch.reorder(n, oh, owo, b, tile_at, owi, v)
+        sch.reorder(*rows, b, tile_at, owi, v)
     else:
         tile_at = b
-        sch.reorder(n, oh, owo, b, owi, v)
-    sch.parallel(sch.fuse(n, oh))
+        sch.reorder(*rows, b, owi, v)
+    sch.parallel(sch.fuse(*rows[:2]))
     tile = {"owi": tw, "v": tv}
 
     sch.compute_at(counts, tile_at)
@@ -203,10 +219,20 @@ def _schedule_byte_lanes(sch: s_tir.Schedule, params) -> None:
     _vectorize_planes(sch, out)
 
 
+def _flatten_pixels(sch: s_tir.Schedule, conv) -> list:
+    """kernels_arm's flattened pixels: the conv stage's (row, column) view of the counts inlined and its
+    loops made (batch, pixel = row * OW + column, block, lane), returned."""
+    sch.compute_inline(sch.get_sblock("pixels"))
+    width = _extent(sch, sch.get_loops(conv)[2])
+    sch.transform_block_layout(conv, lambda i, y, xx, b, v: (i, y * width + xx, b, v))
+    return sch.get_loops(conv)
+
+
 def _sums_whole_blocks(sch: s_tir.Schedule, counts) -> bool:
     """Whether each output's lane sum reads every channel of its weight block (kernels_arm._pixel_tree):
     then a tile of fewer channels would recompute the block's popcounts, so the tile takes them all."""
-    return any(read.source.name == "popcount_bytes" and int(read.region[4].extent) > 1  # part's lanes axis
+    lanes = len(sch.get(counts).iter_vars) - 1  # part's lanes axis: the last of the counts' axes
+    return any(read.source.name == "popcount_bytes" and int(read.region[lanes].extent) > 1
                for read in sch.get(counts).reads)
 
 
