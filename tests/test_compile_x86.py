@@ -177,7 +177,9 @@ def test_cli_bad_shape_entry_in_the_users_tuned_shapes_exits_2_naming_the_file(o
     from sdbnn_deploy.tvm import OP_ATTR, schedule_x86
     from sdbnn_deploy.tvm.relax_import import import_onnx
 
-    mod = import_onnx(onnx.load(str(onnx_files[False])), lanes=schedule_x86.conv_lanes(get_target("x86").params))
+    params = get_target("x86").params  # the key as compile makes it: with the target's pixel lanes
+    mod = import_onnx(onnx.load(str(onnx_files[False])), lanes=schedule_x86.conv_lanes(params),
+                      pixel_lanes=params.get("pixel_lanes", False))
     convs = [f for f in mod.functions.values() if f.attrs is not None and f.attrs.get(OP_ATTR) == "BinaryConv2d"]
     key = schedule_x86.conv_key(tvm.s_tir.Schedule(convs[0]))
     path = user_shapes_path(get_target("x86").name)

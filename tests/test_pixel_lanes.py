@@ -15,10 +15,9 @@ from test_tvm_kernels import RUNNABLE, build, conv_case, placeholders, run
 RUNS_PIXELS = "x86-avx512" if RUNNABLE["x86-avx512"] else "x86-avx2"
 
 # (Cin, Cout, k, stride, pad, H, W, mode, N): Cin of one and two words (and one not a multiple of 64),
-# strides 1 and 2 (a stride-2 input of odd width), pads 0 and 1, output widths 8 and 16 (whole vectors)
-# and 7 (a partial last vector), Cout not a multiple of the tile's 8 channels, batch 2, 1x1 kernels; "affine"
-# on the flat plane (widths 28, 12, 6, planes of whole vectors: kernels_pixels.flat_layout) at strides 1 and 2,
-# pads 0 and 1, one and two words.
+# strides 1 and 2 (a stride-2 input of odd width), pads 0 and 1, Cout not a multiple of the tile's 8
+# channels, batch 2, 1x1 kernels; on rows (output widths 8, 16: whole vectors) and on the flat plane
+# (kernels_pixels.flat_layout: widths 28, 12, 6 on planes of whole vectors, 7x7 padded to 56 pixels).
 CASES = [
     (64, 16, 3, 1, 1, 8, 8, "affine", 1),
     (128, 12, 3, 1, 1, 16, 16, "affine", 2),
@@ -30,7 +29,7 @@ CASES = [
     (100, 8, 3, 1, 1, 4, 6, "affine", 1),    # flat, 4x6
     (70, 16, 3, 1, 0, 6, 14, "affine", 1),   # flat, 4x12
     (128, 8, 1, 2, 0, 8, 24, "affine", 1),   # flat, 4x12
-    (100, 8, 3, 2, 1, 14, 13, "affine", 2),
+    (100, 8, 3, 2, 1, 14, 13, "affine", 2),  # flat, 7x7 padded to 56 pixels
     (64, 64, 3, 1, 1, 8, 8, "bits", 1),
     (128, 80, 3, 2, 1, 16, 16, "bits", 2),   # two output words, the second partly used
     (64, 130, 3, 1, 1, 16, 16, "bits", 1),   # three words: tiles of gcd(130, 64) = 2 channels
@@ -38,7 +37,8 @@ CASES = [
     (64, 24, 1, 1, 0, 8, 8, "bits", 1),
     (64, 64, 3, 1, 1, 28, 28, "bits", 1),    # flat
     (128, 64, 3, 2, 1, 12, 24, "bits", 2),   # flat, 6x12
-    (64, 64, 3, 1, 1, 7, 7, "bits", 1),      # rows of 8 columns, the last vector guarded
+    (64, 64, 3, 1, 1, 7, 7, "bits", 1),      # flat, 7x7 padded to 56 pixels
+    (128, 72, 3, 1, 1, 14, 14, "bits", 1),   # flat, 14x14 padded to 200 pixels, two output words
 ]
 
 
@@ -70,19 +70,27 @@ def test_pixel_lanes_match_the_reference(case, target):
         assert "vpopcntq" in lib.mod.inspect_source("asm")
         return
     got = run(lib, arrays, padded_like(output, want))
-    flat = kernels_pixels.flat_layout(want.shape[2:] if case[7] == "affine" else want.shape[1:3], lanes)
-    assert (got.ndim == 3) == flat
-    if flat:  # the flat plane: the importer reshapes it
-        got = got.reshape(want.shape)
-    elif case[7] == "affine":  # rows of whole vectors: the importer keeps the first OW columns
-        assert got.shape[3] == -(-want.shape[3] // lanes) * lanes
-        got = got[..., :want.shape[3]]
+    mode, out_hw = case[7], (want.shape[2:] if case[7] == "affine" else want.shape[1:3])
+    assert (got.ndim == 3) == kernels_pixels.flat_layout(out_hw, lanes)
+    if got.ndim == 3:
+        assert got.shape[2 if mode == "affine" else 1] == kernels_pixels.plane_size(out_hw, lanes)
+    got = as_the_importer_keeps(got, want, mode)
     assert got.dtype == want.dtype and got.shape == want.shape
     np.testing.assert_array_equal(got, want)
 
 
+def as_the_importer_keeps(got: np.ndarray, want: np.ndarray, mode: str) -> np.ndarray:
+    """The compute's output as relax_import._pixel_output hands it on: rows as they are; on the flat
+    plane the first OH*OW pixels, reshaped to NCHW ("affine") or NHWC ("bits")."""
+    if got.ndim == 4:
+        return got
+    if mode == "affine":
+        return got[:, :, :want.shape[2] * want.shape[3]].reshape(want.shape)
+    return got[:, :want.shape[1] * want.shape[2]].reshape(want.shape)
+
+
 def padded_like(output, want: np.ndarray) -> np.ndarray:
-    """An array shaped like the compute's output (affine: rows of the padded width) of want's dtype."""
+    """An array shaped like the compute's output (on the flat plane: QP pixels) of want's dtype."""
     return np.empty([int(d) for d in output.shape], dtype=want.dtype)
 
 
@@ -124,7 +132,7 @@ def test_pixel_keys_tell_strides_and_pads_apart():
     pad-0 and a stride-2 pad-2 5x5 conv of the same input do not share a tuned entry."""
     keys = {schedule_x86.conv_key(tvm.s_tir.Schedule(tune.conv_primfunc(64, 32, 5, s, p, 9, "affine", 8, pixels=True)))
             for s, p in ((1, 0), (2, 2))}
-    assert keys == {"9x9x1>5x5x32:5x5:affine-pixels", "13x13x1>5x5x32:5x5:affine-pixels"}
+    assert keys == {"9x9x1>5x5x32:5x5:affine-flat", "13x13x1>5x5x32:5x5:affine-flat"}
 
 
 def test_pixel_lanes_reject_channel_lane_params():
@@ -141,15 +149,15 @@ def test_pixel_lanes_reject_channel_lane_params():
     ("affine", 2, (8, 8), 8, True, True),
     ("affine", 3, (32, 32), 8, True, False),  # 3 words: the channel lanes' transposition is small against the popcounts
     ("affine", 1, (28, 28), 8, True, True),   # the flat plane (784 pixels: whole vectors)
-    ("affine", 1, (7, 7), 8, True, True),     # rows padded to whole vectors, sliced by the importer
-    ("bits", 1, (28, 28), 8, True, True),     # the flat plane
-    ("bits", 1, (7, 7), 8, True, False),      # (bits: a partial last vector)
-    ("affine", 1, (1, 4), 8, True, False),    # half the padded row would be padding
+    ("affine", 1, (7, 7), 8, True, True),     # the flat plane, 49 pixels padded to 56
+    ("bits", 1, (28, 28), 8, True, True),
+    ("bits", 1, (14, 14), 8, True, True),
+    ("affine", 1, (1, 4), 8, True, False),    # half the padded plane would be padding
+    ("affine", 1, (1, 5), 8, True, True),
     ("affine", 1, (4, 4), 8, True, True),     # the flat plane: two rows per vector
-    ("affine", 1, (12, 12), 8, True, True),
     ("affine", 1, (28, 28), 4, True, True),
     ("bits", 2, (16, 16), 8, True, True),
-    ("bits", 2, (4, 4), 8, True, True),       # the flat plane
+    ("bits", 2, (4, 4), 8, True, True),
     ("bits", 2, (1, 4), 8, True, False),
     ("int", 1, (32, 32), 8, True, False),
     ("affine", 1, (32, 32), 8, False, False),  # the target does not ask for pixel lanes

@@ -110,16 +110,14 @@ def _convert_binary_conv2d(bb, inputs, attr, lanes: int, conv=kernels, pixel_lan
 
 
 def _pixel_output(bb, y, shape, out_hw, compute: str):
-    """kernels_pixels' output as NCHW floats or NHWC words: a flat plane ((N, Cout, OH*OW) or (N, OH*OW,
-    words)) reshaped (a view); "affine" rows padded to whole vectors sliced to OW columns (Relax fuses
-    the slice into the consumer)."""
-    if len(shape) == 3 and compute == "affine":
-        return bb.emit(relax.op.reshape(y, (*shape[:2], *out_hw)))
-    if len(shape) == 3:
-        return bb.emit(relax.op.reshape(y, (shape[0], *out_hw, shape[2])))
-    if compute == "affine" and shape[3] != out_hw[1]:
-        return bb.emit(relax.op.strided_slice(y, axes=[3], begin=[0], end=[out_hw[1]]))
-    return y
+    """kernels_pixels' output as NCHW floats or NHWC words: on the flat plane ((N, Cout, QP) or (N, QP,
+    words)) its first OH*OW pixels (QP: whole vectors), reshaped; Relax fuses both into the consumer."""
+    if len(shape) == 4:  # rows
+        return y
+    axis, pixels = (2, shape[:2]) if compute == "affine" else (1, shape[:1])
+    if shape[axis] != out_hw[0] * out_hw[1]:
+        y = bb.emit(relax.op.strided_slice(y, axes=[axis], begin=[0], end=[out_hw[0] * out_hw[1]]))
+    return bb.emit(relax.op.reshape(y, (*pixels, *out_hw, *shape[axis + 1:])))
 
 
 def conv_constants(conv, w: np.ndarray, in_channels: int, in_hw, pads, strides, lanes: int, mode: str,

@@ -65,10 +65,11 @@ The conv, as measured (tvm-notes.md, "What made a binary conv fast", and sdbnn_d
   kernels_pixels' compute, output PIXELS in the lanes, scheduled by schedule_pixel_lanes: an NCHW
   output row is stored as it comes out of the tile, and a bits word collects its 64 channels in a
   register (ResNet-18's Cin 64 convs, one core: 52-70% of the ceiling with channel lanes, 72-87% so);
-  where the output width is not whole vectors but the plane is, on the flat plane (vectors across the
-  ends of rows: kernels_pixels.flat_layout; Bi-Real-18's 28x28 convs, one core, against rows padded
-  from 28 to 32 columns: 64->128 s2 33.1 -> 29.0 us, 128->128 56.4 -> 50.5 us, the whole net 4.17 ->
-  3.96 ms; a 64->64 4x4 bits conv against channel lanes 0.56 -> 0.25 us).
+  where the output width is not whole vectors, on the flat plane (vectors across the ends of rows, the
+  plane padded to whole vectors: kernels_pixels.flat_layout; one core, against rows padded to whole
+  vectors: Bi-Real-18's 64->128 s2 28x28 33.1 -> 29.0 us, 128->128 28x28 56.4 -> 50.5 us, 128->256 s2
+  14x14 27.2 -> 25.2 us, the whole net 4.17 -> 3.96 ms; "bits" outputs, which took channel lanes there,
+  128->256 s2 14x14 29.6 -> 24.4 us, 64->64 7x7 1.64 -> 0.86 us, 4x4 0.56 -> 0.25 us).
 """
 import math
 
@@ -395,7 +396,7 @@ def _default_pixel_tile(sch: s_tir.Schedule):
 
 
 def pixel_tile_extents(sch: s_tir.Schedule, lanes: int):
-    """(vectors, channels) that a pixel-lanes tile's sides must divide: the vectors of a padded output
+    """(vectors, channels) that a pixel-lanes tile's sides must divide: the vectors of an output
     row (of the plane on the flat layout), and the output channels (bits: those of one output word,
     gcd(Cout, 64), as a word's channels are split into whole tiles)."""
     _, cout, *pixels = (int(iv.dom.extent) for iv in sch.get(sch.get_sblock("popcount")).iter_vars[:-3])
