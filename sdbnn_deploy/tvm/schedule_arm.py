@@ -57,7 +57,14 @@ kernel row per iteration), Cin 512 3.75 -> 3.42 (328 per 96); whole conv under q
 .16b` (49 pixels; Cout 512) 4.20 -> 4.08 (affine; bits 4.17 -> 4.05) and 4.04 -> 3.83 (affine; int 4.01
 -> 3.80). Cin <= 128 at 7x7 (in no bench model; a pair tree per tile) 3.75 -> 3.58, whole conv 4.12 ->
 4.05 (Cin 128 stride 2 bits), 4.17 -> 4.12 (Cin 64 affine): the tile's end, in that loop, keeps a guard
-per pixel (the conv stage skips the padded 50th pixel). Shapes with even widths are unchanged.
+per pixel (the conv stage skips the padded 50th pixel). Shapes with even widths are unchanged. rpi5 the
+same; rpi3 (a53 code) 3.74 -> 3.46 and 3.75 -> 3.50. Tried on the way: planes per kernel column and row
+phase (kernels_arm._tap_planes: Cin 256 stride 2 hot loop 3.67, whole conv 4.31 per useful `cnt .16b`,
+worse than the 1-pixel tiles' 4.20) and the pad stage inlined into the planes (whole conv 4.13 -> 4.08
+once it was not). Not done: peeling the last tile (loop_partition) to drop the guards: `parallel` then
+fails after decompose_reduction (the loop has no compact dataflow); the guards cost 4 of 258 per 72, 3
+more reload spilled inputs (a tile's two pixels read 18 input quads from the planes, where in one row at
+stride 1 they share 6 of them).
 With 8 accumulators a Cin <= 128 3x3 tile takes 250 instructions per 72 `cnt .16b`: 208 eor, cnt and add,
 18 ldp of weights (the inputs stay in registers), 14 for the tree of the two pixels, its
 doubling and the `usubw` and `usubw2` from the offsets (y = offset - 2*count), 10 for the offsets' loads,
