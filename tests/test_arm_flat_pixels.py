@@ -34,6 +34,20 @@ def test_flat_pixels_only_where_tiles_of_two_do_not_divide_a_row():
     assert not kernels_arm.flat_pixels((1, 7))  # one row: nothing to cross
 
 
+def test_tuning_a_flat_pixel_conv_tries_its_fixed_tile_only():
+    """The search (tune.arm_candidates) varies only what the schedule reads: tiles of FLAT_TILE pixels."""
+    from sdbnn_deploy import tune
+    from sdbnn_deploy.tvm import schedule_arm
+
+    flat = tvm.s_tir.Schedule(tune.conv_primfunc(512, 64, 3, 1, 1, 7, "int", 4, conv=kernels_arm))
+    rows = tvm.s_tir.Schedule(tune.conv_primfunc(512, 64, 3, 1, 1, 8, "int", 4, conv=kernels_arm))
+    assert schedule_arm.flat_tiles(flat) and not schedule_arm.flat_tiles(rows)
+    tried = tune.arm_candidates(flat, RPI4.params)
+    assert tried and {c["tile_pixels"] for c in tried} == {kernels_arm.FLAT_TILE}
+    assert len({c["tile_vectors"] for c in tried}) == len(tried)
+    assert len({c["tile_pixels"] for c in tune.arm_candidates(rows, RPI4.params)}) > 1
+
+
 def test_flat_pixel_conv_under_qemu_equals_reference(tmp_path):
     mod, inputs, wants = _conv_module(FLAT_CASES)
     scheduled = apply_schedules(mod, RPI4.schedule, RPI4.params)

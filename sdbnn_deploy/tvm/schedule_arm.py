@@ -116,9 +116,15 @@ def conv_key(sch: s_tir.Schedule) -> str:
 def tile_extents(sch: s_tir.Schedule) -> tuple[int, int]:
     """(output width, vectors) that a register tile of this conv spans parts of: tile_pixels divides the
     first; tile_vectors divides the second (byte lanes: V, the channels of a weight block; word lanes:
-    the blocks)."""
+    the blocks). With flattened pixels (flat_tiles) the first is the fixed tile, FLAT_TILE."""
     _, _, width, blocks, lanes = (int(iv.dom.extent) for iv in sch.get(sch.get_sblock("conv")).iter_vars)
-    return width, lanes if _has_block(sch, "popcount_bytes") else blocks
+    return kernels_arm.FLAT_TILE if flat_tiles(sch) else width, lanes if _has_block(sch, "popcount_bytes") else blocks
+
+
+def flat_tiles(sch: s_tir.Schedule) -> bool:
+    """Whether the conv's pixels are flattened (kernels_arm.flat_pixels), its tiles FLAT_TILE pixels
+    whatever tile_pixels says."""
+    return _has_block(sch, "planes")
 
 
 def conv_choice(sch: s_tir.Schedule, params) -> dict:
@@ -173,7 +179,7 @@ def _schedule_byte_lanes(sch: s_tir.Schedule, params) -> None:
     choice = conv_choice(sch, params)
     pad, part, counts, conv, out = (sch.get_sblock(name) for name in ("pad", "popcount_bytes", "popcount", "conv",
                                                                       "output"))
-    flat = _has_block(sch, "planes")
+    flat = flat_tiles(sch)
     if flat:  # flattened pixels (kernels_arm.flat_pixels): tiles of FLAT_TILE of them
         n, ow, b, v = _flatten_pixels(sch, conv)
         tw = kernels_arm.FLAT_TILE
