@@ -44,6 +44,7 @@ class BenchOptions:
     workdir: str | None = None  # keeps the ONNX files and artifacts; default a temporary folder
     input_hw: tuple | None = None  # override the architectures' input size (tests use tiny inputs)
     kernel_ms: float = 10  # each kernel timing repeat runs at least this long
+    kernel_passes: int = 2  # kernel timings per thread count, the thread counts taking turns (best_kernels)
     ceiling_seconds: float = 0.05
     lce: bool = False  # also time Larq Compute Engine in its own environment (sdbnn_deploy.bench_lce)
     arm_target: str | None = "rpi4"  # count the aarch64 hot loops of this target's artifacts (None: skip)
@@ -230,6 +231,12 @@ def _bench_model(name: str, options: BenchOptions, workdir: Path, step) -> dict:
             "torch": latency_figures(_measure("torch", threads, {**common, "path": paths["twin_state"]},
                                               workdir)["samples"]),
         }
+    for _ in range(options.kernel_passes - 1):
+        for threads in options.threads:
+            step(f"{name}: kernels again with {threads} thread(s)")
+            again = _measure("tvm", threads, {**common, "repeat": 1, "path": paths["artifact"], "kernels": True},
+                             workdir)
+            kernels[threads] = best_kernels([kernels[threads], again["kernels"]])
     ratios = {t: {f"vs_{b}": v[b]["median_ms"] / v["ours"]["median_ms"] for b in ("onnxruntime", "torch")}
               for t, v in latency.items()}
     return {"name": name, "arch": prepared["arch"], "asd": prepared["asd"], "input_shape": [1] + prepared["shape"],
@@ -240,6 +247,18 @@ def _bench_model(name: str, options: BenchOptions, workdir: Path, step) -> dict:
 
 def _out_size(size: int, k: int, s: int, p: int) -> int:
     return (size + 2 * p - k) // s + 1
+
+
+def best_kernels(passes: list) -> list[dict]:
+    """Per call, its timing from the pass that took the least time (bench_timing.time_kernels' lists of
+    one artifact, calls in the same order). The passes of the thread counts take turns, so that a slow
+    spell of the shared machine (this VM's second core is at times taken for seconds) hits one pass of
+    one thread count, not every timing of it: the 2-thread speed-ups of Bi-Real-18's layers read
+    1.31-1.67x in a run with one pass, 1.83-1.85x when timed alone a minute later."""
+    for calls in zip(*passes):
+        if len({c["symbol"] for c in calls}) != 1:
+            raise RuntimeError(f"kernel timing passes called different kernels: {[c['symbol'] for c in calls]}")
+    return [min(calls, key=lambda c: c["seconds"]) for calls in zip(*passes)]
 
 
 def layer_efficiency(layers: list, kernels: dict) -> list[dict]:

@@ -68,8 +68,9 @@ def render(report: dict) -> str:
         "", *_latency_rows(report), "",
         f"Popcount ceiling measured in the same run ({ceiling['kind']}, {ceiling['accumulators']} register "
         f"accumulators, one core, best of its repeats): {ceiling['bit_macs_per_s'] / 1e12:.2f} T bit-MAC/s. Per "
-        "binary layer (each kernel timed alone, the best of its repeats, 1 thread; distinct shapes of the static "
-        "models; the aarch64 column is read from "
+        f"binary layer (each kernel timed alone, the best of its repeats in {options.get('kernel_passes', 1)} "
+        "passes per thread count taken in turns, 1 thread; distinct shapes of the static models; the aarch64 "
+        "column is read from "
         f"the disassembly of the `{options.get('arm_target') or '-'}` artifact):",
         "", *_layer_rows(report), "",
         "Targets of issue 6 on this run, as the benchmark prints them:", "", *_target_rows(report),

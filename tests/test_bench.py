@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from sdbnn_deploy.bench_markdown import render
-from sdbnn_deploy.bench import BenchOptions, evaluate_targets, latency_figures, print_report, run_bench
+from sdbnn_deploy.bench import BenchOptions, best_kernels, evaluate_targets, latency_figures, print_report, run_bench
 from sdbnn_deploy.ceiling import measure_ceiling, widest_kind
 from sdbnn_deploy.cli import main as cli
 
@@ -92,6 +92,14 @@ def test_arm_target_names_the_worst_layer():
     layers[0]["arm_instructions_per_128_bit_macs"] = 3.5
     arm = next(t for t in evaluate_targets(report) if t["name"].startswith("aarch64"))
     assert arm["met"] is True
+
+
+def test_best_kernels_keeps_each_calls_fastest_pass():
+    first = [{"symbol": "a", "seconds": 2.0}, {"symbol": "b", "seconds": 1.0}, {"symbol": "a", "seconds": 2.0}]
+    second = [{"symbol": "a", "seconds": 1.5}, {"symbol": "b", "seconds": 3.0}, {"symbol": "a", "seconds": 1.5}]
+    assert best_kernels([first, second]) == [second[0], first[1], second[2]]
+    with pytest.raises(RuntimeError, match="different kernels"):
+        best_kernels([first, [second[0], second[2], second[1]]])
 
 
 def test_latency_figures_order():
