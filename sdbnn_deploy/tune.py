@@ -163,15 +163,19 @@ def pixel_candidates(sch, params: dict) -> list[dict]:
 
 def arm_candidates(sch, params: dict) -> list[dict]:
     """Every per-shape parameter set to try for the ARM conv scheduled by `sch`: register tiles
-    tile_pixels x tile_vectors whose sides divide schedule_arm.tile_extents (flattened pixels: their
-    fixed tile), with between a quarter and all of schedule_arm.ACCUMULATORS 16-byte accumulators (else
-    the largest tile that fits)."""
+    tile_pixels x tile_vectors whose sides divide schedule_arm.tile_extents, with between a quarter and
+    all of schedule_arm.ACCUMULATORS 16-byte accumulators (else the largest tile that fits), each as the
+    tile the schedule makes of it (schedule_arm.register_tile: trees and flattened pixels fix a side),
+    once."""
     width, vectors = schedule_arm.tile_extents(sch)
     most = schedule_arm.ACCUMULATORS
-    pixels = [width] if schedule_arm.flat_tiles(sch) else [tw for tw in range(1, width + 1) if width % tw == 0]
-    fitting = [(tw, tv) for tw in pixels for tv in range(1, vectors + 1) if vectors % tv == 0 and tw * tv <= most]
+    fitting = [(tw, tv) for tw in range(1, width + 1) for tv in range(1, vectors + 1)
+               if width % tw == 0 and vectors % tv == 0 and tw * tv <= most]
     tiles = [(tw, tv) for tw, tv in fitting if tw * tv >= most // 4] or [max(fitting, key=lambda t: t[0] * t[1])]
-    return [{"tile_pixels": tw, "tile_vectors": tv} for tw, tv in tiles]
+    key = schedule_arm.conv_key(sch)
+    made = [schedule_arm.register_tile(sch, trial_params(params, key, {"tile_pixels": tw, "tile_vectors": tv}))
+            for tw, tv in tiles]
+    return [{"tile_pixels": tw, "tile_vectors": tv} for tw, tv in dict.fromkeys(made)]
 
 
 # The search space of each schedule module (TargetSpec.schedule).

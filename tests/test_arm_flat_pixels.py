@@ -34,18 +34,29 @@ def test_flat_pixels_only_where_tiles_of_two_do_not_divide_a_row():
     assert not kernels_arm.flat_pixels((1, 7))  # one row: nothing to cross
 
 
-def test_tuning_a_flat_pixel_conv_tries_its_fixed_tile_only():
-    """The search (tune.arm_candidates) varies only what the schedule reads: tiles of FLAT_TILE pixels."""
+@pytest.mark.parametrize("cin,hw,byte_lanes", [(512, 7, True), (512, 8, True), (64, 8, True), (64, 7, True),
+                                              (128, 8, False)])
+def test_tuning_tries_each_tile_the_schedule_makes_once(cin, hw, byte_lanes):
+    """The search (tune.arm_candidates) tries the tiles the schedule makes (schedule_arm.register_tile),
+    each once: flattened pixels fix FLAT_TILE pixels, trees (Cin <= 128) a whole weight block and pairs
+    of columns; word lanes take both sides."""
     from sdbnn_deploy import tune
-    from sdbnn_deploy.tvm import schedule_arm
+    from sdbnn_deploy.tvm import conv_kernels, kernels, schedule_arm
 
-    flat = tvm.s_tir.Schedule(tune.conv_primfunc(512, 64, 3, 1, 1, 7, "int", 4, conv=kernels_arm))
-    rows = tvm.s_tir.Schedule(tune.conv_primfunc(512, 64, 3, 1, 1, 8, "int", 4, conv=kernels_arm))
-    assert schedule_arm.flat_tiles(flat) and not schedule_arm.flat_tiles(rows)
-    tried = tune.arm_candidates(flat, RPI4.params)
-    assert tried and {c["tile_pixels"] for c in tried} == {kernels_arm.FLAT_TILE}
-    assert len({c["tile_vectors"] for c in tried}) == len(tried)
-    assert len({c["tile_pixels"] for c in tune.arm_candidates(rows, RPI4.params)}) > 1
+    params = {**RPI4.params, "byte_lanes": byte_lanes, "shapes": {}}
+    conv = conv_kernels(RPI4.schedule, params)
+    assert (conv is kernels_arm) == byte_lanes and (conv is kernels) != byte_lanes
+    sch = tvm.s_tir.Schedule(tune.conv_primfunc(cin, 64, 3, 1, 1, hw, "int", schedule_arm.conv_lanes(params),
+                                                conv=conv))
+    tried = tune.arm_candidates(sch, params)
+    key = schedule_arm.conv_key(sch)
+    made = [schedule_arm.register_tile(sch, tune.trial_params(params, key, c)) for c in tried]
+    assert tried and made == [(c["tile_pixels"], c["tile_vectors"]) for c in tried] and len(set(made)) == len(made)
+    assert schedule_arm.flat_tiles(sch) == (byte_lanes and hw % 2 == 1)
+    if schedule_arm.flat_tiles(sch):
+        assert {c["tile_pixels"] for c in tried} == {kernels_arm.FLAT_TILE}
+    if byte_lanes and cin > 128 and hw == 8 or not byte_lanes:
+        assert len({c["tile_pixels"] for c in tried}) > 1 and len({c["tile_vectors"] for c in tried}) > 1
 
 
 def test_flat_pixel_conv_under_qemu_equals_reference(tmp_path):

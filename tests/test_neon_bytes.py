@@ -136,8 +136,9 @@ def test_a_smaller_tile_keeps_what_a_tree_sums(param, value):
 
 def test_lane_sums_exact_when_every_bit_differs(tmp_path, monkeypatch):
     """Inputs all +1 against weights all -1: every byte lane holds its largest sum. 1x1 over 15 quads is
-    the largest reduction whose counts come from kernels_arm._pixel_tree (a doubled byte lane: 2 * 15 * 8 =
-    240), 16 quads sums with uaddlv, 3x3 over one quad is the trees of Cin <= 128."""
+    the largest reduction whose counts come from a tree (a doubled byte lane: 2 * 15 * 8 = 240): on one
+    row of 3 kernels_arm._pixel_tree, on 2x3 (flattened pixels, kernels_arm.flat_pixels) _pixel_pair_tree;
+    16 quads sums with uaddlv, 3x3 over one quad is the trees of Cin <= 128."""
     import test_neon_bytes
     from sdbnn_deploy.bits import pack_signs
 
@@ -145,8 +146,10 @@ def test_lane_sums_exact_when_every_bit_differs(tmp_path, monkeypatch):
         return pack_signs(np.ones((n, h, w, cin), np.int8)), pack_signs(-np.ones((cout, k, k, cin), np.int8)), []
 
     monkeypatch.setattr(test_neon_bytes, "conv_case", opposite_signs)
-    cases = [(1, 1920, 2, 3, 8, 1, 1, 0, "int"), (1, 2048, 2, 3, 8, 1, 1, 0, "int"), (1, 128, 4, 4, 8, 3, 1, 1, "int")]
-    assert [kernels_arm.chunking(k, k, cin // 128)[0] for _, cin, _, _, _, k, *_ in cases] == ["all"] * 3
+    cases = [(1, 1920, 2, 3, 8, 1, 1, 0, "int"), (1, 1920, 1, 3, 8, 1, 1, 0, "int"), (1, 2048, 2, 3, 8, 1, 1, 0, "int"),
+             (1, 128, 4, 4, 8, 3, 1, 1, "int")]
+    assert [kernels_arm.chunking(k, k, cin // 128)[0] for _, cin, _, _, _, k, *_ in cases] == ["all"] * 4
+    assert kernels_arm.flat_pixels((2, 3)) and not kernels_arm.flat_pixels((1, 3))
     mod, inputs, wants = _conv_module(cases)
     for case, got, want in zip(cases, aarch64.run_library(_export(mod, tmp_path / "convs.so"), inputs), wants):
         np.testing.assert_array_equal(got, want, err_msg=str(case))

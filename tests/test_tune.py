@@ -148,7 +148,7 @@ def test_shipped_shape_keys_are_keys_the_importer_makes(target):
     such a shape would never match, and the search must tune what the importer emits."""
     spec = get_target(target)
     modes = {key.rsplit(":", 1)[1] for key in spec.params.get("shapes", {})}
-    assert modes <= {"bits", "affine", "int_nhwc", "bits-pixels", "affine-pixels", "affine-flat"}, modes
+    assert modes <= {"bits", "affine", "int_nhwc", "bits-pixels", "affine-pixels", "bits-flat", "affine-flat"}, modes
     lanes = schedule_x86.conv_lanes(spec.params)
     for key in spec.params.get("shapes", {}):
         (_, _, words), (height, width, _) = (map(int, side.split("x")) for side in key.split(":")[0].split(">"))

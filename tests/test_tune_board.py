@@ -98,13 +98,18 @@ def test_x86_search_over_rpc_is_exact_and_keyed_like_the_local_one(x86_server):
     assert result.seconds > 0 and result.params["epilogue"] in ("pixels", "row")
 
 
-def test_arm_candidates_fit_the_registers_and_divide_the_width():
+@pytest.mark.parametrize("cin, key, want", [
+    (256, "10x10x4>8x8x6:3x3:bits", [(1, 4), (2, 2), (2, 4), (4, 1), (4, 2), (4, 4), (8, 1), (8, 2)]),
+    # Cin <= 128: the pairwise trees sum a whole weight block of two columns, whatever the entry asks
+    (64, "10x10x1>8x8x6:3x3:bits", [(2, 4), (4, 4), (8, 4)]),
+])
+def test_arm_candidates_fit_the_registers_and_divide_the_width(cin, key, want):
     spec = get_target("rpi4")
-    func = tune.conv_primfunc(64, 24, 3, 1, 1, 8, "bits", lanes=4, conv=schedule_arm.conv_kernels(spec.params))
+    func = tune.conv_primfunc(cin, 24, 3, 1, 1, 8, "bits", lanes=4, conv=schedule_arm.conv_kernels(spec.params))
     sch = tvm.s_tir.Schedule(func)
-    assert schedule_arm.conv_key(sch) == "10x10x1>8x8x6:3x3:bits"
+    assert schedule_arm.conv_key(sch) == key
     tiles = [(c["tile_pixels"], c["tile_vectors"]) for c in tune.arm_candidates(sch, spec.params)]
-    assert tiles == [(1, 4), (2, 2), (2, 4), (4, 1), (4, 2), (4, 4), (8, 1), (8, 2)]
+    assert tiles == want
 
 
 @pytest.mark.parametrize("options, message", [

@@ -93,8 +93,8 @@ def binary_conv2d(x: te.Tensor, weights: te.Tensor, offsets: te.Tensor, *extra: 
     """BinaryConv2d of packed words x (N,H,W,Cw) with weights and offsets from prepare_conv_weights;
     mode "affine" (extra: scale, bias; output float32 NCHW) or "bits_limits" (no extra, `offsets` holds
     fold_thresholds' count limits; output NHWC words). On the flat plane (offsets per pixel) the outputs
-    are (N, Cout, QP) and (N, QP, words): the importer keeps the first OH*OW pixels and reshapes them, a
-    slice and a view that Relax fuses into the consumer, so that every tile stores whole vectors (a last
+    are (N, Cout, QP) and (N, QP, words): the importer keeps the first OH*OW pixels and reshapes them
+    (relax_import._pixel_output), so that every tile stores whole vectors (a last
     vector stored in part made the output stage a separate pass with a guard per value: Bi-Real-18's
     128->128 28x28 53 -> 84 us, one core)."""
     if mode not in MODES:
@@ -125,8 +125,10 @@ def _row_counts(x: te.Tensor, weights: te.Tensor, strides, pads, oh: int, ow: in
     cout, kh, kw, _ = (int(d) for d in weights.shape)
     (sh, sw), (ph, pw) = strides, pads
     span = ow + (kw - 1) // sw  # columns j of one phase that the output reads
-    xp = te.compute((n, h + 2 * ph, cw, sw, span),
-                    lambda i, row, k, p, j: _padded_word(x, i, row - ph, j * sw + p - pw, k), name="pad", attrs=geometry)
+    def padded(i, row, k, p, j):
+        return _padded_word(x, i, row - ph, j * sw + p - pw, k)
+
+    xp = te.compute((n, h + 2 * ph, cw, sw, span), padded, name="pad", attrs=geometry)
     r, s, k = te.reduce_axis((0, kh), name="r"), te.reduce_axis((0, kw), name="s"), te.reduce_axis((0, cw), name="k")
     return te.compute(
         (n, cout, oh, ow),
@@ -149,11 +151,12 @@ def _flat_counts(x: te.Tensor, weights: te.Tensor, strides, pads, oh: int, ow: i
     cout, kh, kw, _ = (int(d) for d in weights.shape)
     (sh, sw), (ph, pw) = strides, pads
     rows = -(-qp // ow) + (kh - 1) // sh  # plane rows i that the padded plane reads
+    phases = min(sh, kh)  # row phases a = r % sh that taps read
 
     def plane(i, k, s, a, m):
         return _padded_word(x, i, (m // ow) * sh + a - ph, (m % ow) * sw + s - pw, k)
 
-    xf = te.compute((n, cw, kw, sh, rows * ow), plane, name="pad", attrs=geometry)
+    xf = te.compute((n, cw, kw, phases, rows * ow), plane, name="pad", attrs=geometry)
     r, s, k = te.reduce_axis((0, kh), name="r"), te.reduce_axis((0, kw), name="s"), te.reduce_axis((0, cw), name="k")
     return te.compute(
         (n, cout, qp),

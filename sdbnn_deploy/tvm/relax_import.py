@@ -111,7 +111,9 @@ def _convert_binary_conv2d(bb, inputs, attr, lanes: int, conv=kernels, pixel_lan
 
 def _pixel_output(bb, y, shape, out_hw, compute: str):
     """kernels_pixels' output as NCHW floats or NHWC words: on the flat plane ((N, Cout, QP) or (N, QP,
-    words)) its first OH*OW pixels (QP: whole vectors), reshaped; Relax fuses both into the consumer."""
+    words)) its first OH*OW pixels (QP: whole vectors), reshaped. Relax fuses the slice and the reshape
+    into a float consumer; before an opaque kernel (the next binary conv or pool reading bits words) a
+    padded plane's slice is a small copy of its own (OH*OW pixels' words)."""
     if len(shape) == 4:  # rows
         return y
     axis, pixels = (2, shape[:2]) if compute == "affine" else (1, shape[:1])

@@ -176,24 +176,17 @@ def _schedule_byte_lanes(sch: s_tir.Schedule, params) -> None:
     registers, so their loop cannot be vectorised), conv and output. With flattened pixels (a "planes"
     stage, kernels_arm.flat_pixels) the tiles are FLAT_TILE pixels of the conv stage's pixel axis
     (_flatten_pixels; the last tile's conv stage guarded where the pixels are odd, its popcounts not)."""
-    choice = conv_choice(sch, params)
+    tw, tv = register_tile(sch, params)
     pad, part, counts, conv, out = (sch.get_sblock(name) for name in ("pad", "popcount_bytes", "popcount", "conv",
                                                                       "output"))
     flat = flat_tiles(sch)
     if flat:  # flattened pixels (kernels_arm.flat_pixels): tiles of FLAT_TILE of them
         n, ow, b, v = _flatten_pixels(sch, conv)
-        tw = kernels_arm.FLAT_TILE
     else:
         n, oh, ow, b, v = sch.get_loops(conv)
-        if _sums_column_pairs(sch, counts):  # whole pairs of columns per tile
-            tw = 2 * largest_divisor(_extent(sch, ow) // 2, max(1, choice["tile_pixels"] // 2))
-        else:
-            tw = largest_divisor(_extent(sch, ow), choice["tile_pixels"])
     for stage in [pad, sch.get_sblock("planes")] if flat else [pad]:
         _parallel_rows(sch, stage)
         sch.vectorize(sch.get_loops(stage)[-1])
-    tv = _extent(sch, v) if _sums_whole_blocks(sch, counts) else largest_divisor(_extent(sch, v),
-                                                                                 choice["tile_vectors"])
     owo, owi = sch.split(ow, [None, tw])
     rows = [n, owo] if flat else [n, oh, owo]  # flat: the tiles of pixels in parallel, else the rows
     if tv < _extent(sch, v):  # a tile of fewer channels than a weight block holds: blocks cut in parts
@@ -230,6 +223,26 @@ def _schedule_byte_lanes(sch: s_tir.Schedule, params) -> None:
 
     _parallel_rows(sch, out)
     _vectorize_planes(sch, out)
+
+
+def register_tile(sch: s_tir.Schedule, params) -> tuple[int, int]:
+    """(pixels, vectors) of the register tile the schedule gives this (unscheduled) conv: conv_choice's
+    tile_pixels and tile_vectors made to fit. Byte lanes: FLAT_TILE pixels on flattened pixels, whole
+    pairs of columns where a lane sum reads two (_sums_column_pairs), all V channels of a block where it
+    reads the whole block (_sums_whole_blocks), else the largest divisors of the extents within the
+    choice; word lanes: the largest divisors of the width and of the blocks."""
+    choice = conv_choice(sch, params)
+    width, vectors = tile_extents(sch)
+    if not _has_block(sch, "popcount_bytes"):  # word lanes (no trees)
+        return largest_divisor(width, choice["tile_pixels"]), largest_divisor(vectors, choice["tile_vectors"])
+    counts = sch.get_sblock("popcount")
+    if flat_tiles(sch):
+        tw = kernels_arm.FLAT_TILE
+    elif _sums_column_pairs(sch, counts):
+        tw = 2 * largest_divisor(width // 2, max(1, choice["tile_pixels"] // 2))
+    else:
+        tw = largest_divisor(width, choice["tile_pixels"])
+    return tw, vectors if _sums_whole_blocks(sch, counts) else largest_divisor(vectors, choice["tile_vectors"])
 
 
 def _flatten_pixels(sch: s_tir.Schedule, conv) -> list:
@@ -301,7 +314,7 @@ def _tile_inside(sch: s_tir.Schedule, loops: dict, outer: list) -> list:
 
 
 def _schedule_word_lanes(sch: s_tir.Schedule, params) -> None:
-    choice = conv_choice(sch, params)
+    tw, tb = register_tile(sch, params)  # pixels, blocks of LANES channels
     pad = sch.get_sblock("pad")
     counts = sch.get_sblock("popcount")
     conv = sch.get_sblock("conv")
@@ -310,8 +323,6 @@ def _schedule_word_lanes(sch: s_tir.Schedule, params) -> None:
     _parallel_rows(sch, pad)
 
     n, oh, ow, b, v = sch.get_loops(conv)
-    tw = largest_divisor(_extent(sch, ow), choice["tile_pixels"])  # (no column-pair trees in word lanes)
-    tb = largest_divisor(_extent(sch, b), _param(params, "tile_vectors"))
     owo, owi = sch.split(ow, [None, tw])
     bo, bi = sch.split(b, [None, tb])
     sch.reorder(n, oh, owo, bo, owi, bi, v)

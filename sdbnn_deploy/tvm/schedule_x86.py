@@ -138,9 +138,10 @@ def default_tile(width: int, blocks: int, accumulators: int):
 
 def conv_key(sch: s_tir.Schedule) -> str:
     """The shape key of a BinaryConv2d PrimFunc: padded input (H x W x words) > output (OH x OW x blocks),
-    kernel, output mode, e.g. "34x34x2>32x32x16:3x3:bits". The stride follows from these.
+    kernel, output mode, e.g. "34x34x2>32x32x16:3x3:bits". The stride follows from these for strides 1
+    and 2 (a stride-3 and a stride-4 conv may share a key, and so a tuned entry).
     With pixel lanes (kernels_pixels): the same, with output channels for blocks and the mode followed
-    by "-pixels", e.g. "34x34x1>32x32x64:3x3:affine-pixels"."""
+    by "-pixels" on rows or "-flat" on the flat plane, e.g. "34x34x1>32x32x64:3x3:affine-pixels"."""
     if pixel_lanes(sch):
         return _pixel_key(sch)
     pad = sch.get(sch.get_sblock("pad"))
@@ -298,7 +299,8 @@ def serial_conv(sch: s_tir.Schedule) -> bool:
 
 
 def _schedule_pad(sch: s_tir.Schedule, pad) -> None:
-    """The padded copy of the input: serial up to SERIAL_PAD_WORDS words, else its rows in parallel.
+    """The padded copy of the input: serial up to SERIAL_PAD_WORDS words, else its outer axes in parallel
+    (_parallel_rows: batch and rows; batch and input words for kernels_pixels' flat plane).
 
     A parallel region costs more to start than a small copy: Bi-Real-18's 512->512 7x7 conv (a 9x9x8 word
     input) on 2 threads 26.3 -> 25.4 us with a serial pad (1.80x -> 1.86x over one thread), ResNet-18's
@@ -433,10 +435,11 @@ def schedule_pixel_lanes(sch: s_tir.Schedule, params) -> None:
     """A conv of kernels_pixels (output pixels in the lanes): a register tile of tile_pixels pixels x
     tile_blocks channels, the reduction (kh, then kw and the input words, unrolled) outside it, each
     input vector of pixels XORed with one broadcast weight word per channel (LLVM folds the broadcast
-    into vpxorq's memory operand); rows (batch x output rows) in parallel unless serial_conv.
+    into vpxorq's memory operand); rows (batch x output rows; on the flat plane groups of pixel tiles,
+    _pixel_rows) in parallel unless serial_conv.
 
     affine: the tiles run per row, channel tile and pixel tile, each ending in its registers: y =
-    offsets - 2*count in floats, * scale + bias, stored as a piece of each channel's output row.
+    offsets - 2*count in floats, * scale + bias, stored as a piece of each channel's output plane.
     bits: per row and pixel tile, the output words of those pixels are the outer loop; each word's
     channels (64, or Cout where fewer) run as tiles of tile_blocks, each comparing its counts with the
     limits and ORing the bits into the word's vector of pixels, which stays in a register until stored.
