@@ -44,7 +44,7 @@ class BenchOptions:
     workdir: str | None = None  # keeps the ONNX files and artifacts; default a temporary folder
     input_hw: tuple | None = None  # override the architectures' input size (tests use tiny inputs)
     kernel_ms: float = 10  # each kernel timing repeat runs at least this long
-    kernel_passes: int = 2  # kernel timings per thread count, the thread counts taking turns (best_kernels)
+    kernel_passes: int = 3  # kernel timings per thread count, the thread counts taking turns (best_kernels)
     ceiling_seconds: float = 0.05
     lce: bool = False  # also time Larq Compute Engine in its own environment (sdbnn_deploy.bench_lce)
     arm_target: str | None = "rpi4"  # count the aarch64 hot loops of this target's artifacts (None: skip)
