@@ -57,7 +57,7 @@ def to_onnx(g: Graph, metadata=None, extra_outputs=()) -> onnx.ModelProto:
                               functions=functions_for(used), ir_version=10,
                               producer_name="sdbnn-deploy", producer_version=__version__)
     meta = {"sdbnn_deploy.version": __version__, **(metadata or {})}
-    helper.set_model_props(model, {k: str(v) for k, v in meta.items()})
+    helper.set_model_props(model, {k: str(v) for k, v in meta.items() if v is not None})  # unknown: absent
     return model
 
 

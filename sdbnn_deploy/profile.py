@@ -236,7 +236,7 @@ def float_baselines(manifest: dict, model, threads: int, warmup: int, repeat: in
 
 def _binary_model(manifest: dict, model):
     """(the SD-BNN model, where its weights come from), or a string saying why there is none."""
-    from sdbnn_deploy.models import build
+    from sdbnn_deploy.models import ARCHITECTURES, build
 
     if model:
         from sdbnn_deploy.checkpoint import load_checkpoint
@@ -248,7 +248,7 @@ def _binary_model(manifest: dict, model):
     import onnx
 
     meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    if "sdbnn_deploy.arch" not in meta:
+    if meta.get("sdbnn_deploy.arch") not in ARCHITECTURES:  # (0.1.0 wrote "None" for a model of no known name)
         return f"float baselines skipped: {path} does not name its architecture; pass --model MODEL.pt"
     input_shape = [int(d) for d in meta["sdbnn_deploy.input_shape"].split(",")]
     num_classes = manifest["outputs"][0]["shape"][-1]

@@ -53,6 +53,26 @@ def test_profile_here_with_baselines(artifacts):
     assert "random weights" in report["baselines_note"]
 
 
+def test_baselines_skipped_for_an_onnx_of_no_known_architecture(tmp_path):
+    """An ONNX converted from an in-memory model (no architecture name) records none, and profile skips
+    the float twin with a note instead of failing (0.1.0 wrote the name "None" there)."""
+    import onnx
+
+    from sdbnn_deploy.bench import random_model
+    from sdbnn_deploy.convert import convert
+    from sdbnn_deploy.profile import _binary_model
+
+    model = convert(random_model("resnet20", "static"), input_shape=[3, 8, 8], probe_batch=1).onnx_model
+    assert "sdbnn_deploy.arch" not in {p.key for p in model.metadata_props}
+    manifest = {"source": {"path": str(tmp_path / "m.onnx")}, "outputs": [{"shape": [1, 10]}]}
+    for arch in (None, "None"):
+        if arch:
+            onnx.helper.set_model_props(model, {"sdbnn_deploy.arch": arch})
+        onnx.save(model, str(tmp_path / "m.onnx"))
+        assert _binary_model(manifest, None) == (f"float baselines skipped: {tmp_path / 'm.onnx'} does not name "
+                                                 "its architecture; pass --model MODEL.pt")
+
+
 def test_profile_cli_json_plot_and_checkpoint_weights(artifacts, tmp_path):
     out, png = tmp_path / "p.json", tmp_path / "p.png"
     result = CliRunner().invoke(main, ["profile", str(artifacts["x86"]), "--threads", "1", "--repeat", "3",
