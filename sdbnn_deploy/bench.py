@@ -44,7 +44,7 @@ class BenchOptions:
     workdir: str | None = None  # keeps the ONNX files and artifacts; default a temporary folder
     input_hw: tuple | None = None  # override the architectures' input size (tests use tiny inputs)
     kernel_ms: float = 10  # each kernel timing repeat runs at least this long
-    kernel_passes: int = 3  # kernel timings per thread count, the thread counts taking turns (best_kernels)
+    kernel_passes: int = 3  # kernel timings per model and thread count, spread over the run (_bench_models)
     ceiling_seconds: float = 0.05
     lce: bool = False  # also time Larq Compute Engine in its own environment (sdbnn_deploy.bench_lce)
     arm_target: str | None = "rpi4"  # count the aarch64 hot loops of this target's artifacts (None: skip)
@@ -73,7 +73,7 @@ def run_bench(options: BenchOptions, progress=None) -> dict:
         report = {"host": _host(spec.name), "options": _options_json(options)}
         step("measuring the popcount ceiling")
         report["ceiling"] = measure_ceiling(seconds=options.ceiling_seconds, repeats=9).to_json()
-        report["models"] = [_bench_model(name, options, workdir, step) for name in options.models]
+        report["models"] = _bench_models(options, workdir, step)
         if lce_python:
             _bench_lce(report, options, workdir, lce_python, step)
         report["host"]["load_after"] = list(os.getloadavg())
@@ -212,7 +212,38 @@ def latency_figures(seconds: list) -> dict:
             "p90_ms": float(p90), "samples": len(ms)}
 
 
-def _bench_model(name: str, options: BenchOptions, workdir: Path, step) -> dict:
+@dataclass
+class ModelRun:
+    """One model's first timing pass, and what its later kernel passes need."""
+    result: dict  # name, arch, asd, input shape, latency, ratios
+    common: dict  # the bench_timing spec shared by its measurements
+    artifact: str
+    binary_layers: list
+    kernels: dict  # threads -> bench_timing.time_kernels' list, the best of the passes so far
+
+    def report(self) -> dict:
+        return {**self.result, "layers": layer_efficiency(self.binary_layers, self.kernels),
+                "breakdown": breakdown(self.kernels)}
+
+
+def _bench_models(options: BenchOptions, workdir: Path, step) -> list[dict]:
+    """_bench_model for each model, then the kernel timing passes after the first (kernel_passes), each
+    pass over every model and thread count in turn, so that the passes of one model lie minutes apart:
+    this VM's second core is at times taken for a minute or two (in one run every 2-thread timing of
+    Bi-Real-18's layers, three passes within its own two minutes, read 1.30-1.69x; 1.78-1.89x in the
+    run before), and a kernel keeps its best pass (best_kernels)."""
+    runs = [_bench_model(name, options, workdir, step) for name in options.models]
+    for i in range(1, options.kernel_passes):
+        for run in runs:
+            for threads in options.threads:
+                step(f"{run.result['name']}: kernel pass {i + 1} with {threads} thread(s)")
+                again = _measure("tvm", threads, {**run.common, "repeat": 1, "path": run.artifact, "kernels": True},
+                                 workdir)
+                run.kernels[threads] = best_kernels([run.kernels[threads], again["kernels"]])
+    return [run.report() for run in runs]
+
+
+def _bench_model(name: str, options: BenchOptions, workdir: Path, step) -> ModelRun:
     prepared = _prepare(name, options, workdir, step)
     paths = prepared["paths"]
     common = {"repeat": options.repeat, "max_seconds": options.max_seconds, "input_shape": prepared["shape"],
@@ -231,18 +262,11 @@ def _bench_model(name: str, options: BenchOptions, workdir: Path, step) -> dict:
             "torch": latency_figures(_measure("torch", threads, {**common, "path": paths["twin_state"]},
                                               workdir)["samples"]),
         }
-    for _ in range(options.kernel_passes - 1):
-        for threads in options.threads:
-            step(f"{name}: kernels again with {threads} thread(s)")
-            again = _measure("tvm", threads, {**common, "repeat": 1, "path": paths["artifact"], "kernels": True},
-                             workdir)
-            kernels[threads] = best_kernels([kernels[threads], again["kernels"]])
     ratios = {t: {f"vs_{b}": v[b]["median_ms"] / v["ours"]["median_ms"] for b in ("onnxruntime", "torch")}
               for t, v in latency.items()}
-    return {"name": name, "arch": prepared["arch"], "asd": prepared["asd"], "input_shape": [1] + prepared["shape"],
-            "latency": latency, "ratios": ratios,
-            "layers": layer_efficiency(prepared["binary_layers"], kernels),
-            "breakdown": breakdown(kernels)}
+    result = {"name": name, "arch": prepared["arch"], "asd": prepared["asd"], "input_shape": [1] + prepared["shape"],
+              "latency": latency, "ratios": ratios}
+    return ModelRun(result, common, paths["artifact"], prepared["binary_layers"], kernels)
 
 
 def _out_size(size: int, k: int, s: int, p: int) -> int:
@@ -251,10 +275,9 @@ def _out_size(size: int, k: int, s: int, p: int) -> int:
 
 def best_kernels(passes: list) -> list[dict]:
     """Per call, its timing from the pass that took the least time (bench_timing.time_kernels' lists of
-    one artifact, calls in the same order). The passes of the thread counts take turns, so that a slow
-    spell of the shared machine (this VM's second core is at times taken for seconds) hits one pass of
-    one thread count, not every timing of it: the 2-thread speed-ups of Bi-Real-18's layers read
-    1.31-1.67x in a run with one pass, 1.83-1.85x when timed alone a minute later."""
+    one artifact, calls in the same order; the passes: _bench_models). A slow spell of the shared
+    machine then has to last through every pass to decide a figure: the 2-thread speed-ups of Bi-Real-18's
+    layers read 1.31-1.67x in a run with one pass, 1.83-1.85x when timed alone a minute later."""
     for calls in zip(*passes):
         if len({c["symbol"] for c in calls}) != 1:
             raise RuntimeError(f"kernel timing passes called different kernels: {[c['symbol'] for c in calls]}")

@@ -69,7 +69,7 @@ def render(report: dict) -> str:
         f"Popcount ceiling measured in the same run ({ceiling['kind']}, {ceiling['accumulators']} register "
         f"accumulators, one core, best of its repeats): {ceiling['bit_macs_per_s'] / 1e12:.2f} T bit-MAC/s. Per "
         f"binary layer (each kernel timed alone, the best of its repeats in {options.get('kernel_passes', 1)} "
-        "passes per thread count taken in turns, 1 thread; distinct shapes of the static models; the aarch64 "
+        "passes spread over the run, 1 thread; distinct shapes of the static models; the aarch64 "
         "column is read from "
         f"the disassembly of the `{options.get('arm_target') or '-'}` artifact):",
         "", *_layer_rows(report), "",
