@@ -177,9 +177,8 @@ def _tap_planes(xp: te.Tensor, out_hw, kernel, strides) -> te.Tensor:
     flattened output pixel p = y*OW + x reads (padded input row y*sh + r, column x*sw + s; the pixels
     past OH*OW that pad them to whole tiles of FLAT_TILE read the padded input's rows clamped: their counts
     are never used, and zeros behind a guard took 24 instead of 19 instructions per pixel and kernel row
-    at Cin 64). The taps of a kernel row are next to
-    each other and so are two pixels', so that a tile's loads are `ldp` with immediate offsets, and the
-    kernel row r is a constant stride. Planes per kernel column s and row phase r % sh (the padded input
+    at Cin 64). The taps of a kernel row are next to each other and so are two pixels', so that a tile's
+    loads are `ldp` with immediate offsets, and the kernel row r is a constant stride. Planes per kernel column s and row phase r % sh (the padded input
     once, element p + (r // sh) * OW) made the hot loop compute each row's address (6 instructions per 48
     `cnt .16b`) and load one pixel's quads at a time (offsets past `ldp`'s range); read from stage "pad"
     (not inlined: its guards and byte shifts per element took 39 instructions per quad)."""
