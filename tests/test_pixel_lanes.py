@@ -191,6 +191,34 @@ def test_importer_emits_pixel_lanes_where_the_target_asks():
     assert pixel_funcs(False)[1] == []
 
 
+@pytest.mark.parametrize("target", [t for t in ("x86-avx512",) if RUNNABLE[t]])
+def test_flat_plane_convs_through_the_importer_equal_onnxruntime(tmp_path, target):
+    """A model whose "bits" conv has a 28x28 output (784 pixels: whole vectors) and whose "affine" conv
+    has a 7x7 one (49 pixels padded to 56): both on the flat plane, compiled and run end to end, so the
+    importer's slice and reshape (relax_import._pixel_output) are checked on data, not only the computes."""
+    import onnx
+
+    from onnx_graphs import custom_op_model, onnxruntime_outputs
+
+    from sdbnn_deploy.compile import compile_model
+    from sdbnn_deploy.run import run_artifact
+
+    path = tmp_path / "flat.onnx"
+    onnx.save(custom_op_model(h=28, w=28), str(path))
+    model = onnx.load(str(path))
+    mod = import_onnx(model, lanes=8, conv=kernels, pixel_lanes=True)
+    keys = sorted(schedule_x86.conv_key(tvm.s_tir.Schedule(f)) for f in mod.functions.values()
+                  if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None
+                  and str(f.attrs.get(OP_ATTR, "")) == "BinaryConv2d")
+    assert sorted(k.split(":")[-1] for k in keys) == ["affine-flat", "bits-flat", "int_nhwc"], keys
+    artifact = compile_model(path, target, tmp_path / "out", batch=2)
+    x = np.random.default_rng(5).standard_normal((2, 20, 28, 28)).astype(np.float32)
+    got, want = run_artifact(artifact.path, x, threads=2), onnxruntime_outputs(model, x)
+    for name in ("bits", "counts"):
+        np.testing.assert_array_equal(got[name], want[name])
+    np.testing.assert_allclose(got["logits"], want["logits"], rtol=1e-5, atol=1e-5)
+
+
 def test_tune_measures_pixel_lane_tiles():
     """compile --tune's search on a pixel-lanes conv: every candidate is a pixel tile and gives the same
     bits as the default (tune_primfunc raises otherwise)."""

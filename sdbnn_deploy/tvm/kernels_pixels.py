@@ -125,6 +125,7 @@ def _row_counts(x: te.Tensor, weights: te.Tensor, strides, pads, oh: int, ow: in
     cout, kh, kw, _ = (int(d) for d in weights.shape)
     (sh, sw), (ph, pw) = strides, pads
     span = ow + (kw - 1) // sw  # columns j of one phase that the output reads
+
     def padded(i, row, k, p, j):
         return _padded_word(x, i, row - ph, j * sw + p - pw, k)
 
